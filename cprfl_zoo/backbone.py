@@ -1,0 +1,135 @@
+"""Backbone adapter: any timm model (or a module with timm's contract) as a source of local tokens.
+
+CPRFL needs the backbone's *local* visual tokens F of shape (B, v, d0), not a pooled vector. timm
+models return their unpooled features from ``forward_features`` in one of three layouts:
+
+* ``NCHW`` feature maps (ResNet, EfficientNet, ConvNeXt),
+* ``NHWC`` feature maps (Swin, MambaOut; the model's ``output_fmt`` says so),
+* ``NLC`` token sequences (ViT, DeiT, EVA), which may start with ``num_prefix_tokens`` class or
+  register tokens that are not local tokens and are dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ["backbone_tokens", "create_backbone", "feature_layout"]
+
+
+def create_backbone(
+    backbone: str | nn.Module,
+    pretrained: bool = False,
+    **kwargs: Any,
+) -> nn.Module:
+    """Create a timm backbone without classifier, or check a user-supplied module.
+
+    Args:
+        backbone: A timm model name, with optional pretrained tag
+            (``"vit_base_patch16_224.augreg_in21k"``), or an ``nn.Module`` that provides
+            ``forward_features(x)`` and an integer ``num_features``.
+        pretrained: Load timm's pretrained (e.g. ImageNet) weights for a named backbone.
+        **kwargs: Extra arguments for ``timm.create_model`` (``img_size=448``...).
+
+    Returns:
+        The backbone module.
+
+    Raises:
+        ValueError: If the name is not a timm model, or the module lacks the timm contract.
+    """
+    if isinstance(backbone, nn.Module):
+        if kwargs:
+            raise ValueError(
+                f"backbone kwargs {sorted(kwargs)} can only be used with a timm model name, "
+                f"not with a module instance ({type(backbone).__name__})"
+            )
+        _check_contract(backbone)
+        return backbone
+    if not isinstance(backbone, str) or not backbone:
+        raise ValueError(f"backbone must be a timm model name or an nn.Module, got {backbone!r}")
+    arch = backbone.split(".", 1)[0]
+    if not backbone.startswith(("hf-hub:", "local-dir:")) and not timm.is_model(arch):
+        close = timm.list_models(f"*{arch[:6]}*")[:5]
+        hint = f"; similar names: {', '.join(close)}" if close else ""
+        raise ValueError(f"unknown backbone {backbone!r}: not a timm model name{hint}")
+    kwargs.setdefault("global_pool", "")
+    model = timm.create_model(backbone, pretrained=pretrained, num_classes=0, **kwargs)
+    _check_contract(model)
+    return model
+
+
+def _check_contract(module: nn.Module) -> None:
+    if not callable(getattr(module, "forward_features", None)):
+        raise ValueError(
+            f"backbone {type(module).__name__} has no forward_features(); a CPRFL backbone must "
+            "follow timm's contract (forward_features returning unpooled features, num_features)"
+        )
+    num_features = getattr(module, "num_features", None)
+    if not isinstance(num_features, int) or num_features <= 0:
+        raise ValueError(
+            f"backbone {type(module).__name__} needs a positive integer `num_features` "
+            f"(the channel width of forward_features), got {num_features!r}"
+        )
+
+
+def feature_layout(backbone: nn.Module) -> str:
+    """Return the declared layout of ``forward_features``: ``"NCHW"``, ``"NHWC"`` or ``"NLC"``.
+
+    Args:
+        backbone: A timm backbone.
+
+    Returns:
+        The layout name. Models that declare nothing are treated as ``NCHW`` for 4-D outputs
+        and ``NLC`` for 3-D outputs.
+    """
+    fmt = getattr(backbone, "output_fmt", None)
+    fmt = getattr(fmt, "value", fmt)
+    if isinstance(fmt, str) and fmt.upper() in ("NCHW", "NHWC", "NLC"):
+        return fmt.upper()
+    return "NCHW"
+
+
+def backbone_tokens(backbone: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """Turn ``forward_features`` output into local tokens of shape (B, v, d0).
+
+    Args:
+        backbone: The module that produced ``features``.
+        features: Its ``forward_features`` output.
+
+    Returns:
+        Tokens (B, v, d0) with prefix (class / register) tokens removed.
+
+    Raises:
+        ValueError: If the output shape does not match the backbone's ``num_features``.
+    """
+    width = backbone.num_features
+    if isinstance(features, (list, tuple)):
+        features = features[-1]
+    if features.ndim == 4:
+        layout = feature_layout(backbone)
+        if layout == "NHWC" or (features.shape[1] != width and features.shape[-1] == width):
+            tokens = features.flatten(1, 2)
+        else:
+            tokens = features.flatten(2).transpose(1, 2)
+    elif features.ndim == 3:
+        prefix = int(getattr(backbone, "num_prefix_tokens", 0) or 0)
+        tokens = features[:, prefix:] if prefix else features
+    else:
+        raise ValueError(
+            f"backbone {type(backbone).__name__}.forward_features returned shape "
+            f"{tuple(features.shape)}; expected a 4-D feature map or a 3-D token sequence"
+        )
+    if tokens.shape[-1] != width:
+        raise ValueError(
+            f"backbone {type(backbone).__name__} declares num_features={width} but "
+            f"forward_features gave features of shape {tuple(features.shape)}"
+        )
+    if tokens.shape[1] == 0:
+        raise ValueError(f"backbone {type(backbone).__name__} produced no local tokens")
+    return tokens

@@ -1,0 +1,535 @@
+"""The CPRFL model and its timm entrypoints.
+
+CPRFL (Category-Prompt Refined Feature Learning, ACM MM 2024) puts a prompt-based head on a
+backbone's local tokens:
+
+1. ``F = φ(backbone tokens)``, a linear projection to width d;
+2. ``P = PI(W)``, category prompts from the class text embeddings W;
+3. ``P' = VSI([F; P])[prompt rows]``, category-specific features;
+4. ``logit_i = p'_i · p_i``: the prompts are also the classifier.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._manipulate import checkpoint
+from torch import nn
+
+from .backbone import backbone_tokens, create_backbone
+from .prompt_init import PromptInit
+from .vsi import VSI
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ["CPRFL", "validate_class_inputs"]
+
+_DATA_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
+
+
+def validate_class_inputs(
+    class_names: Sequence[str], text_embeddings: torch.Tensor | None = None
+) -> list[str]:
+    """Check class names (and their embeddings) and return the names as a list.
+
+    Args:
+        class_names: The class names, in logit order.
+        text_embeddings: Optional (C, m) embeddings, one row per name.
+
+    Returns:
+        The names as a list.
+
+    Raises:
+        ValueError: On empty, duplicate or non-string names, or embeddings of the wrong shape.
+        TypeError: If ``class_names`` is a bare string or embeddings are not a tensor.
+    """
+    if isinstance(class_names, str) or not isinstance(class_names, Sequence):
+        raise TypeError(
+            f"class_names must be a sequence of strings, got {type(class_names).__name__}"
+        )
+    names = list(class_names)
+    if not names:
+        raise ValueError("class_names is empty: CPRFL needs at least one class")
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            raise ValueError(f"class_names[{i}] is {type(name).__name__} {name!r}, not a string")
+        if not name.strip():
+            raise ValueError(f"class_names[{i}] is an empty or blank string")
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise ValueError(
+                f"duplicate class name {name!r} at positions {seen[name]} and {i}; "
+                "class names must be unique"
+            )
+        seen[name] = i
+    if text_embeddings is not None:
+        if not isinstance(text_embeddings, torch.Tensor):
+            raise TypeError(
+                f"text_embeddings must be a torch.Tensor, got {type(text_embeddings).__name__}"
+            )
+        if text_embeddings.ndim != 2:
+            raise ValueError(
+                f"text_embeddings must have shape (num_classes, embed_dim), got "
+                f"{tuple(text_embeddings.shape)}"
+            )
+        if text_embeddings.shape[0] != len(names):
+            raise ValueError(
+                f"text_embeddings has {text_embeddings.shape[0]} rows but there are "
+                f"{len(names)} class names; expected one embedding per class"
+            )
+        if not torch.isfinite(text_embeddings).all():
+            raise ValueError("text_embeddings contains NaN or infinite values")
+    return names
+
+
+class CPRFL(nn.Module):
+    """CPRFL: a category-prompt head on the local tokens of any timm backbone.
+
+    Create it with :func:`cprfl_zoo.create_cprfl` or ``timm.create_model("cprfl_resnet101", ...)``.
+
+    Args:
+        backbone: timm model name (with optional tag) or module following timm's
+            ``forward_features`` / ``num_features`` contract.
+        class_names: Class names in logit order.
+        text_embeddings: Class embeddings W (C, m). May be omitted only together with
+            ``embed_dim``, when the weights (which contain W) are loaded right after.
+        embed_dim: Width m of the class embeddings; inferred from ``text_embeddings``.
+        dim: Width d of the projected tokens, prompts and VSI (2048).
+        num_heads: VSI attention heads (8).
+        head_dim: Width of each VSI head (512).
+        mlp_hidden_dim: Hidden width of the VSI FFN (2048).
+        qkv_bias: Bias on the VSI qkv projection (False, as the official code).
+        drop_rate: Dropout in the VSI (0.1).
+        attn_drop_rate: Dropout on VSI attention weights (0).
+        pi_mlp_ratio: PI hidden width as a fraction of d (τ = 0.5).
+        pi_linear: Use the single-Linear PI variant.
+        detach_classifier_prompts: Stop gradients through the classifier path ``p_i``
+            (the official ``no_cls_grad`` ablation).
+        detach_refined_features: Stop gradients through the refined features ``p'_i``
+            (the official ``no_feature_grad`` ablation).
+        pretrained_backbone: Load timm's pretrained weights for a named backbone.
+        backbone_kwargs: Extra keyword arguments for ``timm.create_model`` of the backbone.
+        img_size: Input image size for backbones that take one (ViT, Swin).
+        in_chans: Number of input image channels.
+        num_classes: Accepted for timm compatibility; must equal ``len(class_names)``.
+        global_pool: Accepted for timm compatibility; CPRFL does not pool (must be empty).
+        text_encoder_cfg: JSON-serialisable description of what produced the embeddings.
+    """
+
+    def __init__(
+        self,
+        backbone: str | nn.Module = "resnet101",
+        class_names: Sequence[str] | None = None,
+        text_embeddings: torch.Tensor | None = None,
+        *,
+        embed_dim: int | None = None,
+        dim: int = 2048,
+        num_heads: int = 8,
+        head_dim: int = 512,
+        mlp_hidden_dim: int = 2048,
+        qkv_bias: bool = False,
+        drop_rate: float = 0.1,
+        attn_drop_rate: float = 0.0,
+        pi_mlp_ratio: float = 0.5,
+        pi_linear: bool = False,
+        detach_classifier_prompts: bool = False,
+        detach_refined_features: bool = False,
+        pretrained_backbone: bool = False,
+        backbone_kwargs: dict[str, Any] | None = None,
+        img_size: int | Sequence[int] | None = None,
+        in_chans: int = 3,
+        num_classes: int | None = None,
+        global_pool: str | None = None,
+        text_encoder_cfg: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if class_names is None:
+            raise ValueError("class_names is required: CPRFL builds one prompt per class name")
+        names = validate_class_inputs(class_names, text_embeddings)
+        if num_classes is not None and num_classes != len(names):
+            raise ValueError(
+                f"num_classes={num_classes} disagrees with the {len(names)} class names given"
+            )
+        if global_pool:
+            raise ValueError(f"CPRFL does not pool its features; got global_pool={global_pool!r}")
+        if text_embeddings is not None:
+            if embed_dim is not None and embed_dim != text_embeddings.shape[1]:
+                raise ValueError(
+                    f"text_embeddings have width {text_embeddings.shape[1]} but "
+                    f"embed_dim={embed_dim} (the PI input width) was requested"
+                )
+            embed_dim = int(text_embeddings.shape[1])
+        elif embed_dim is None:
+            raise ValueError(
+                "text_embeddings are needed: pass a (num_classes, embed_dim) tensor of class "
+                "text embeddings (see cprfl_zoo.encode_class_names), or create the model with "
+                "cprfl_zoo.create_cprfl, which computes them from the class names"
+            )
+        for arg, value in (("dim", dim), ("num_heads", num_heads), ("head_dim", head_dim)):
+            if value <= 0:
+                raise ValueError(f"{arg} must be positive, got {value}")
+
+        backbone_kwargs = dict(backbone_kwargs or {})
+        if isinstance(backbone, str):
+            if img_size is not None:
+                backbone_kwargs["img_size"] = img_size
+            if in_chans != 3:
+                backbone_kwargs["in_chans"] = in_chans
+        self.backbone = create_backbone(backbone, pretrained=pretrained_backbone, **backbone_kwargs)
+        self.visual_proj = nn.Linear(self.backbone.num_features, dim)
+        self.prompt_init = PromptInit(embed_dim, dim, mlp_ratio=pi_mlp_ratio, linear=pi_linear)
+        self.vsi = VSI(
+            dim,
+            num_heads=num_heads,
+            head_dim=head_dim,
+            mlp_hidden_dim=mlp_hidden_dim,
+            qkv_bias=qkv_bias,
+            drop_rate=drop_rate,
+            attn_drop_rate=attn_drop_rate,
+        )
+        if text_embeddings is None:
+            text_embeddings = torch.zeros(len(names), embed_dim)
+        self.register_buffer("class_embeddings", text_embeddings.detach().float().clone())
+
+        self.class_names = names
+        self.num_classes = len(names)
+        self.num_features = dim
+        self.embed_dim = embed_dim
+        self.in_chans = in_chans
+        self.detach_classifier_prompts = detach_classifier_prompts
+        self.detach_refined_features = detach_refined_features
+        self.grad_checkpointing = False
+        self.text_encoder_cfg = dict(text_encoder_cfg or {})
+        self._arch_args: dict[str, Any] = {
+            "backbone": backbone if isinstance(backbone, str) else None,
+            "backbone_kwargs": {k: v for k, v in backbone_kwargs.items() if k != "img_size"},
+            "embed_dim": embed_dim,
+            "dim": dim,
+            "num_heads": num_heads,
+            "head_dim": head_dim,
+            "mlp_hidden_dim": mlp_hidden_dim,
+            "qkv_bias": qkv_bias,
+            "pi_mlp_ratio": pi_mlp_ratio,
+            "pi_linear": pi_linear,
+            "detach_classifier_prompts": detach_classifier_prompts,
+            "detach_refined_features": detach_refined_features,
+            "in_chans": in_chans,
+        }
+        if img_size is not None:
+            self._arch_args["img_size"] = img_size
+        self.pretrained_cfg: dict[str, Any] = self.backbone_data_config()
+        self._init_head_weights()
+
+    # ------------------------------------------------------------------ construction helpers
+    def _init_head_weights(self) -> None:
+        for module in (self.visual_proj, self.prompt_init, self.vsi):
+            for m in module.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5))
+                    if m.bias is not None:
+                        bound = 1 / math.sqrt(m.in_features)
+                        nn.init.uniform_(m.bias, -bound, bound)
+
+    def backbone_data_config(self) -> dict[str, Any]:
+        """Return the backbone's preprocessing config (input size, mean, std, ...).
+
+        Returns:
+            A dict with timm's data-config keys, taken from the backbone's ``pretrained_cfg`` and
+            its current input size.
+        """
+        cfg = dict(getattr(self.backbone, "pretrained_cfg", None) or {})
+        out = {k: cfg[k] for k in _DATA_KEYS if cfg.get(k) is not None}
+        size = getattr(getattr(self.backbone, "patch_embed", None), "img_size", None)
+        if size is None and self._arch_args.get("img_size") is not None:
+            size = self._arch_args["img_size"]
+        if size is not None:
+            size = (size, size) if isinstance(size, int) else tuple(size)
+            out["input_size"] = (self.in_chans, *size)
+        elif "input_size" in out:
+            out["input_size"] = (self.in_chans, *out["input_size"][1:])
+        out["fixed_input_size"] = bool(cfg.get("fixed_input_size", False))
+        return out
+
+    @property
+    def model_args(self) -> dict[str, Any]:
+        """JSON-serialisable arguments that rebuild this architecture (without weights)."""
+        if self._arch_args["backbone"] is None:
+            raise ValueError(
+                "this CPRFL model was built from a backbone module instance, which cannot be "
+                "described by a config; build it from a timm model name to save or share it"
+            )
+        args = dict(self._arch_args, class_names=list(self.class_names))
+        if self.text_encoder_cfg:
+            args["text_encoder_cfg"] = dict(self.text_encoder_cfg)
+        return args
+
+    @property
+    def _model_args(self) -> dict[str, Any]:
+        # timm's exporter reads reconstruction args from here; CPRFL keeps its own, complete set.
+        return self.model_args
+
+    @_model_args.setter
+    def _model_args(self, value: dict[str, Any]) -> None:
+        pass
+
+    # ------------------------------------------------------------------ class space
+    def set_classes(self, class_names: Sequence[str], text_embeddings: torch.Tensor) -> None:
+        """Swap the label space without touching any trained weight.
+
+        Every weight of CPRFL is shared across classes, so a trained model can score classes it
+        never saw, given their text embeddings from the same text encoder.
+
+        Args:
+            class_names: New class names, in logit order.
+            text_embeddings: Their embeddings (C', m), from the same text encoder.
+        """
+        names = validate_class_inputs(class_names, text_embeddings)
+        if text_embeddings.shape[1] != self.embed_dim:
+            raise ValueError(
+                f"text_embeddings have width {text_embeddings.shape[1]} but this model's PI "
+                f"network expects {self.embed_dim}"
+            )
+        buf = self.class_embeddings
+        self.class_embeddings = text_embeddings.detach().to(buf.device, torch.float32).clone()
+        self.class_names = names
+        self.num_classes = len(names)
+
+    def get_class_embeddings(self) -> torch.Tensor:
+        """Return the class embeddings W (C, m) used by the PI network."""
+        return self.class_embeddings
+
+    def get_prompts(self) -> torch.Tensor:
+        """Return the category prompts P = PI(W), shape (C, d)."""
+        return self.prompt_init(self.get_class_embeddings())
+
+    # ------------------------------------------------------------------ timm API
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Enable activation checkpointing in the backbone and the VSI."""
+        self.grad_checkpointing = enable
+        if hasattr(self.backbone, "set_grad_checkpointing"):
+            self.backbone.set_grad_checkpointing(enable)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names exempt from weight decay (the backbone's own list, prefixed)."""
+        fn = getattr(self.backbone, "no_weight_decay", None)
+        names = fn() if callable(fn) else set()
+        return {f"backbone.{n}" for n in names}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
+        """Parameter groups for timm's optimiser helpers: group 0 backbone, group 1 head.
+
+        Args:
+            coarse: Unused; the grouping is always backbone vs head.
+
+        Returns:
+            A dict of group name to regex, in group order.
+        """
+        return {"backbone": r"^backbone\.", "head": r"^(?!backbone\.)"}
+
+    def get_classifier(self) -> nn.Module:
+        """The module that maps class embeddings to the classifier weights (the PI network)."""
+        return self.prompt_init
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4:
+            raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"images have {x.shape[1]} channels but the model expects {self.in_chans} "
+                f"(input shape {tuple(x.shape)})"
+            )
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Compute the projected local visual tokens F.
+
+        Args:
+            x: Images (B, in_chans, H, W).
+
+        Returns:
+            Tokens F (B, v, d).
+        """
+        self._check_input(x)
+        feats = self.backbone.forward_features(x)
+        return self.visual_proj(backbone_tokens(self.backbone, feats))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Refine the prompts with the tokens and score every class.
+
+        Args:
+            x: Tokens F (B, v, d) from :meth:`forward_features`.
+            pre_logits: Return the category-specific features P' (B, C, d) instead of logits.
+
+        Returns:
+            Logits (B, C), or P' (B, C, d) when ``pre_logits``.
+        """
+        prompts = self.get_prompts()
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            refined = checkpoint(self.vsi, x, prompts)
+        else:
+            refined = self.vsi(x, prompts)
+        if pre_logits:
+            return refined
+        if self.detach_refined_features:
+            refined = refined.detach()
+        classifier = prompts.detach() if self.detach_classifier_prompts else prompts
+        return (refined * classifier.to(refined.dtype)).sum(-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Compute raw logits; ``torch.sigmoid`` of them are the class probabilities.
+
+        Args:
+            x: Images (B, in_chans, H, W).
+
+        Returns:
+            Logits (B, C).
+        """
+        return self.forward_head(self.forward_features(x))
+
+
+# ---------------------------------------------------------------------- timm registration
+_HEAD_ARGS = frozenset(
+    {
+        "backbone",
+        "class_names",
+        "text_embeddings",
+        "embed_dim",
+        "dim",
+        "num_heads",
+        "head_dim",
+        "mlp_hidden_dim",
+        "qkv_bias",
+        "drop_rate",
+        "attn_drop_rate",
+        "pi_mlp_ratio",
+        "pi_linear",
+        "detach_classifier_prompts",
+        "detach_refined_features",
+        "pretrained_backbone",
+        "backbone_kwargs",
+        "img_size",
+        "in_chans",
+        "num_classes",
+        "global_pool",
+        "text_encoder_cfg",
+    }
+)
+
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    return {
+        "num_classes": None,
+        "input_size": None,
+        "mean": None,
+        "std": None,
+        "interpolation": None,
+        "crop_pct": None,
+        "classifier": None,
+        "first_conv": None,
+        "license": "apache-2.0",
+        "paper_ids": "arXiv:2408.08125",
+        "paper_name": "Category-Prompt Refined Feature Learning for Long-Tailed Multi-Label "
+        "Image Classification",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs(
+    {
+        "cprfl": _cfg(),
+        "cprfl_resnet50": _cfg(input_size=(3, 448, 448), first_conv="backbone.conv1"),
+        "cprfl_resnet101": _cfg(input_size=(3, 448, 448), first_conv="backbone.conv1"),
+        "cprfl_vit_base_patch16_224": _cfg(first_conv="backbone.patch_embed.proj"),
+    }
+)
+
+
+def _has_weight_source(cfg: dict[str, Any]) -> bool:
+    return any(cfg.get(k) for k in ("hf_hub_id", "url", "file", "state_dict"))
+
+
+def _create_cprfl(variant: str, pretrained: bool = False, **kwargs: Any) -> CPRFL:
+    """Build a CPRFL model through timm's builder, so hub configs and weights load as usual.
+
+    ``pretrained=True`` loads complete CPRFL weights (class embeddings included) from the
+    resolved pretrained config; ``pretrained_backbone=True`` only loads the backbone's weights.
+    """
+    build_args = {
+        k: kwargs.pop(k)
+        for k in ("pretrained_cfg", "pretrained_cfg_overlay", "pretrained_model_args", "cache_dir")
+        if k in kwargs
+    }
+    model_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _HEAD_ARGS}
+    if kwargs:
+        backbone_kwargs = dict(model_kwargs.get("backbone_kwargs") or {})
+        backbone_kwargs.update(kwargs)
+        model_kwargs["backbone_kwargs"] = backbone_kwargs
+    if pretrained:
+        model_kwargs["pretrained_backbone"] = False
+    elif model_kwargs.get("text_embeddings") is None and "class_names" in model_kwargs:
+        from .text import encode_class_names_from_config
+
+        embeddings, text_cfg = encode_class_names_from_config(
+            model_kwargs["class_names"], model_kwargs.get("text_encoder_cfg")
+        )
+        model_kwargs["text_embeddings"] = embeddings
+        model_kwargs["text_encoder_cfg"] = text_cfg
+    model = build_model_with_cfg(
+        CPRFL,
+        variant,
+        pretrained,
+        pretrained_strict=True,
+        **build_args,
+        **model_kwargs,
+    )
+    cfg = dict(model.pretrained_cfg)
+    if pretrained and not _has_weight_source(cfg):
+        raise ValueError(
+            f"{variant} has no pretrained CPRFL weights to load; pass pretrained=False (and "
+            "pretrained_backbone=True for the backbone's ImageNet weights), or load a saved "
+            "model with 'hf-hub:<repo>' or 'local-dir:<folder>'"
+        )
+    if not _has_weight_source(cfg):
+        data = model.backbone_data_config()
+        for key, value in data.items():
+            if cfg.get(key) is None or key == "fixed_input_size":
+                cfg[key] = value
+        model.pretrained_cfg = model.default_cfg = cfg
+    return model
+
+
+@register_model
+def cprfl(pretrained: bool = False, **kwargs: Any) -> CPRFL:
+    """CPRFL on any timm backbone, given as ``backbone="<timm model name>"``."""
+    if "backbone" not in kwargs:
+        raise ValueError("the generic 'cprfl' model needs backbone='<timm model name>'")
+    return _create_cprfl("cprfl", pretrained=pretrained, **kwargs)
+
+
+@register_model
+def cprfl_resnet50(pretrained: bool = False, **kwargs: Any) -> CPRFL:
+    """CPRFL on ResNet-50 at 448 px."""
+    kwargs.setdefault("backbone", "resnet50")
+    return _create_cprfl("cprfl_resnet50", pretrained=pretrained, **kwargs)
+
+
+@register_model
+def cprfl_resnet101(pretrained: bool = False, **kwargs: Any) -> CPRFL:
+    """CPRFL on ResNet-101 at 448 px, the paper's setting."""
+    kwargs.setdefault("backbone", "resnet101")
+    return _create_cprfl("cprfl_resnet101", pretrained=pretrained, **kwargs)
+
+
+@register_model
+def cprfl_vit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> CPRFL:
+    """CPRFL on ViT-B/16."""
+    kwargs.setdefault("backbone", "vit_base_patch16_224")
+    return _create_cprfl("cprfl_vit_base_patch16_224", pretrained=pretrained, **kwargs)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +24,7 @@ from timm.models._manipulate import checkpoint
 from torch import nn
 
 from .backbone import backbone_tokens, create_backbone
+from .hub import check_state_dict
 from .prompt_init import PromptInit
 from .vsi import VSI
 
@@ -394,6 +397,67 @@ class CPRFL(nn.Module):
         """
         return self.forward_head(self.forward_features(x))
 
+    # ------------------------------------------------------------------ sharing
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike[str],
+        *,
+        repo_id: str | None = None,
+        metrics: Mapping[str, float] | None = None,
+        model_card: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Save as ``config.json`` + ``model.safetensors`` + ``README.md`` (timm's hub format).
+
+        See :func:`cprfl_zoo.hub.save_pretrained`.
+
+        Args:
+            save_directory: The folder to write.
+            repo_id: Hub repository id shown in the model card's loading snippet.
+            metrics: Evaluation results for the model card, e.g. ``{"mAP": 56.3}``.
+            model_card: Extra model card fields (``description``, ``dataset``, ...).
+
+        Returns:
+            The folder path.
+        """
+        from .hub import save_pretrained
+
+        return save_pretrained(
+            self, save_directory, repo_id=repo_id, metrics=metrics, model_card=model_card
+        )
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Upload to the Hugging Face Hub; see :func:`cprfl_zoo.hub.push_to_hub`.
+
+        Args:
+            repo_id: ``"user/repo"``.
+            **kwargs: ``token``, ``private``, ``revision``, ``commit_message``, ``create_pr``,
+                ``metrics``, ``model_card``.
+
+        Returns:
+            huggingface_hub's ``CommitInfo`` of the upload.
+        """
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls, repo_id_or_path: str | os.PathLike[str], revision: str | None = None, **kwargs: Any
+    ) -> CPRFL:
+        """Load a saved model from a folder or the Hub; see :func:`cprfl_zoo.hub.load_pretrained`.
+
+        Args:
+            repo_id_or_path: A folder, ``"user/repo"`` or ``"user/repo@revision"``.
+            revision: Hub branch, tag or commit.
+            **kwargs: ``cache_dir`` and arguments for ``timm.create_model``.
+
+        Returns:
+            The model (in training mode, as timm returns models).
+        """
+        from .hub import load_pretrained
+
+        return load_pretrained(repo_id_or_path, revision, **kwargs)
+
 
 # ---------------------------------------------------------------------- timm registration
 _HEAD_ARGS = frozenset(
@@ -487,6 +551,7 @@ def _create_cprfl(variant: str, pretrained: bool = False, **kwargs: Any) -> CPRF
         variant,
         pretrained,
         pretrained_strict=True,
+        pretrained_filter_fn=check_state_dict,
         **build_args,
         **model_kwargs,
     )

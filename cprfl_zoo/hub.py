@@ -334,6 +334,8 @@ def _write_folder(
             "pretrained_cfg": {
                 "architecture": _architecture(model),
                 "hf_hub_filename": WEIGHTS_NAME,
+                "num_classes": model.num_classes,
+                "label_names": list(model.class_names),
             },
             "cprfl_zoo_version": __version__,
         },

@@ -1,0 +1,492 @@
+"""Saving, sharing and loading CPRFL models in timm's Hugging Face Hub format (offline)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import huggingface_hub
+import huggingface_hub.constants
+import open_clip
+import pytest
+import safetensors.torch
+import timm
+import torch
+from huggingface_hub import HfApi, ModelCard
+
+import cprfl_zoo
+import cprfl_zoo.hub as hub
+import cprfl_zoo.model as model_module
+from cprfl_zoo import CPRFL, create_cprfl
+from cprfl_zoo.hub import CheckpointMismatchError
+
+NAMES = ["cat", "dog", "traffic_light", "teddy bear", "zebra"]
+TEXT_CFG = {"model": "RN50", "pretrained": "openai", "template": "a photo of a {}."}
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+COMMIT_V1 = "fedcba9876543210fedcba9876543210fedcba98"
+
+
+def _make_model(seed: int = 0, names: list[str] = NAMES) -> CPRFL:
+    torch.manual_seed(seed)
+    model = create_cprfl(
+        "test_resnet",
+        class_names=names,
+        text_embeddings=torch.randn(len(names), 16),
+        pretrained_backbone=False,
+        dim=32,
+        num_heads=2,
+        head_dim=8,
+        mlp_hidden_dim=24,
+        text_encoder_cfg=TEXT_CFG,
+    )
+    # non-trivial BN statistics, so a round trip that dropped buffers would show
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if name.endswith("running_mean"):
+                buf.normal_(0, 0.1)
+            elif name.endswith("running_var"):
+                buf.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> CPRFL:
+    return _make_model()
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def saved(model: CPRFL, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return model.save_pretrained(tmp_path_factory.mktemp("saved") / "cprfl-test")
+
+
+@pytest.fixture
+def no_clip_no_pickle(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
+    """Make CLIP, unpickling and backbone weight downloads fail loudly; record backbone builds."""
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("loading a saved CPRFL model must not call this")
+
+    for name in ("create_model", "create_model_and_transforms", "create_model_from_pretrained"):
+        monkeypatch.setattr(open_clip, name, forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
+    monkeypatch.setattr(timm.models._builder, "load_state_dict_from_url", forbidden)
+    calls: dict[str, list] = {"backbone_pretrained": []}
+    real_create_backbone = model_module.create_backbone
+
+    def create_backbone(backbone, pretrained=False, **kwargs):
+        calls["backbone_pretrained"].append(pretrained)
+        return real_create_backbone(backbone, pretrained=pretrained, **kwargs)
+
+    monkeypatch.setattr(model_module, "create_backbone", create_backbone)
+    return calls
+
+
+def _assert_same_model(a: CPRFL, b: CPRFL, images: torch.Tensor) -> None:
+    assert isinstance(b, CPRFL)
+    assert b.class_names == a.class_names
+    assert b.text_encoder_cfg == a.text_encoder_cfg
+    assert b.model_args == a.model_args
+    sd_a, sd_b = a.state_dict(), b.state_dict()
+    assert sd_a.keys() == sd_b.keys()
+    for key in sd_a:
+        assert torch.equal(sd_a[key], sd_b[key]), key
+    with torch.no_grad():
+        torch.testing.assert_close(b.eval()(images), a.eval()(images), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------- file format
+def test_saved_folder_layout_and_config(model: CPRFL, saved: Path) -> None:
+    assert sorted(os.listdir(saved)) == ["README.md", "config.json", "model.safetensors"]
+    assert not [p for p in saved.parent.iterdir() if p.name.startswith(".")], "temp dir left"
+    cfg = json.loads((saved / "config.json").read_text())
+    assert cfg["architecture"] == "cprfl"
+    assert cfg["num_classes"] == len(NAMES)
+    assert cfg["num_features"] == 32
+    assert cfg["label_names"] == NAMES
+    args = cfg["model_args"]
+    assert args["backbone"] == "test_resnet"
+    assert args["class_names"] == NAMES
+    assert args["text_encoder_cfg"] == TEXT_CFG
+    assert (args["embed_dim"], args["dim"], args["num_heads"], args["head_dim"]) == (16, 32, 2, 8)
+    assert args["mlp_hidden_dim"] == 24
+    pcfg = cfg["pretrained_cfg"]
+    assert pcfg["hf_hub_filename"] == "model.safetensors"
+    assert pcfg["num_classes"] == len(NAMES)
+    assert tuple(pcfg["mean"]) == tuple(model.pretrained_cfg["mean"])
+    assert tuple(pcfg["input_size"]) == tuple(model.pretrained_cfg["input_size"])
+    assert "file" not in pcfg and "source" not in pcfg
+    tensors = safetensors.torch.load_file(saved / "model.safetensors")
+    assert tensors.keys() == model.state_dict().keys()
+    torch.testing.assert_close(tensors["class_embeddings"], model.class_embeddings)
+    with safetensors.safe_open(saved / "model.safetensors", "pt") as f:
+        assert f.metadata() == {"format": "pt"}
+
+
+def test_model_card(model: CPRFL, tmp_path: Path) -> None:
+    folder = model.save_pretrained(
+        tmp_path / "m",
+        repo_id="me/cprfl-test",
+        metrics={"mAP": 56.31, "head mAP": 60.2, "medium mAP": 58.0, "tail mAP": 48.9},
+        model_card={"dataset": "COCO-LT", "tags": ["coco"], "notes": "trained for a test"},
+    )
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.library_name == "timm"
+    assert {"multi-label", "long-tail", "cprfl", "timm", "coco"} <= set(card.data.tags)
+    assert card.data.license == "apache-2.0"
+    text = card.text
+    for name in NAMES:
+        assert f"`{name}`" in text
+    assert "`test_resnet`" in text
+    assert '"RN50"' in text and '"openai"' in text
+    assert 'CPRFL.from_pretrained("me/cprfl-test")' in text
+    assert 'timm.create_model("hf-hub:me/cprfl-test", pretrained=True)' in text
+    assert "| mAP | 56.31 |" in text and "| tail mAP | 48.90 |" in text
+    assert "On COCO-LT" in text and "trained for a test" in text
+    assert "@inproceedings{yan2024cprfl" in text and "2408.08125" in text
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"metrics": {"mAP": "high"}}, ValueError, "metric 'mAP' must be a number"),
+        ({"metrics": {"mAP": float("nan")}}, ValueError, "metric 'mAP' is not finite"),
+        ({"metrics": [56.3]}, TypeError, "metrics must be a mapping"),
+        (
+            {"model_card": {"datasets": "x"}},
+            ValueError,
+            r"unknown model_card fields \['datasets'\]",
+        ),
+    ],
+)
+def test_bad_card_inputs(model: CPRFL, tmp_path: Path, kwargs, error, match) -> None:
+    with pytest.raises(error, match=match):
+        model.save_pretrained(tmp_path / "m", **kwargs)
+    assert not (tmp_path / "m").exists()
+    assert list(tmp_path.iterdir()) == [], "a failed save left files behind"
+
+
+def test_model_from_module_instance_cannot_be_saved(tmp_path: Path) -> None:
+    backbone = timm.create_model("test_resnet", num_classes=0, global_pool="")
+    m = CPRFL(backbone, NAMES, torch.randn(5, 8), dim=16, num_heads=2, head_dim=4)
+    with pytest.raises(ValueError, match="backbone module instance"):
+        m.save_pretrained(tmp_path / "m")
+
+
+def test_save_into_a_file_path_is_an_error(model: CPRFL, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="exists and is not a folder"):
+        model.save_pretrained(tmp_path / "file")
+
+
+def test_interrupted_save_never_leaves_a_valid_looking_folder(
+    model: CPRFL, saved: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "m"
+    shutil.copytree(saved, target)
+    other = _make_model(seed=5)
+    real_replace = os.replace
+
+    def crash_on_readme(src, dst):
+        if Path(dst).name == "README.md":
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(hub.os, "replace", crash_on_readme)
+    with pytest.raises(OSError, match="disk full"):
+        other.save_pretrained(target)
+    # the new weights are in, the old config is gone: nothing loads this half-written folder
+    assert not (target / "config.json").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["m"], "temp dir left"
+    with pytest.raises(FileNotFoundError, match=r"has no config\.json"):
+        CPRFL.from_pretrained(target)
+
+    def crash_in_weights(*args, **kwargs):
+        raise OSError("killed")
+
+    monkeypatch.setattr(hub.os, "replace", real_replace)
+    monkeypatch.setattr(safetensors.torch, "save_file", crash_in_weights)
+    shutil.rmtree(target)
+    shutil.copytree(saved, target)
+    with pytest.raises(OSError, match="killed"):
+        other.save_pretrained(target)
+    # a crash before the move leaves the previous save untouched and loadable
+    assert sorted(os.listdir(target)) == ["README.md", "config.json", "model.safetensors"]
+    assert [p.name for p in tmp_path.iterdir()] == ["m"], "temp dir left"
+    monkeypatch.undo()
+    assert CPRFL.from_pretrained(target).state_dict().keys() == model.state_dict().keys()
+
+
+# ---------------------------------------------------------------------- local loading
+def test_local_round_trip(
+    model: CPRFL, saved: Path, images: torch.Tensor, no_clip_no_pickle
+) -> None:
+    loaded = CPRFL.from_pretrained(saved)
+    _assert_same_model(model, loaded, images)
+    assert no_clip_no_pickle["backbone_pretrained"] == [False]
+    data = timm.data.resolve_model_data_config(loaded)
+    assert data["input_size"] == tuple(model.pretrained_cfg["input_size"])
+    assert tuple(data["mean"]) == tuple(model.pretrained_cfg["mean"])
+    # str paths and the local-dir: prefix work too
+    _assert_same_model(model, CPRFL.from_pretrained(str(saved)), images)
+    _assert_same_model(model, cprfl_zoo.hub.load_pretrained(f"local-dir:{saved}"), images)
+
+
+def test_timm_and_create_cprfl_load_local_dir(
+    model: CPRFL, saved: Path, images: torch.Tensor, no_clip_no_pickle
+) -> None:
+    _assert_same_model(model, timm.create_model(f"local-dir:{saved}", pretrained=True), images)
+    _assert_same_model(model, create_cprfl(f"local-dir:{saved}"), images)
+    assert no_clip_no_pickle["backbone_pretrained"] == [False, False]
+
+
+def test_resaving_a_loaded_model_gives_the_same_files(
+    model: CPRFL, saved: Path, tmp_path: Path, images: torch.Tensor
+) -> None:
+    loaded = CPRFL.from_pretrained(saved)
+    again = loaded.save_pretrained(tmp_path / "again")
+    assert json.loads((again / "config.json").read_text()) == json.loads(
+        (saved / "config.json").read_text()
+    )
+    _assert_same_model(model, CPRFL.from_pretrained(again), images)
+
+
+def test_set_classes_then_save_round_trips(tmp_path: Path, images: torch.Tensor) -> None:
+    m = _make_model(seed=3)
+    m.set_classes(["a", "b", "c"], torch.randn(3, 16))
+    folder = m.save_pretrained(tmp_path / "m")
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["label_names"] == ["a", "b", "c"] and cfg["num_classes"] == 3
+    _assert_same_model(m, CPRFL.from_pretrained(folder), images)
+
+
+# ---------------------------------------------------------------------- strict loading
+def _edit_weights(folder: Path, edit) -> None:
+    tensors = safetensors.torch.load_file(folder / "model.safetensors")
+    edit(tensors)
+    safetensors.torch.save_file(tensors, folder / "model.safetensors")
+
+
+def test_missing_tensor_is_named(saved: Path, tmp_path: Path) -> None:
+    folder = Path(shutil.copytree(saved, tmp_path / "m"))
+    _edit_weights(folder, lambda t: t.pop("vsi.norm1.weight"))
+    match = rf"{folder}/model.safetensors does not match .*missing tensors: vsi\.norm1\.weight$"
+    with pytest.raises(CheckpointMismatchError, match=match):
+        CPRFL.from_pretrained(folder)
+    with pytest.raises(CheckpointMismatchError, match=r"missing tensors: vsi\.norm1\.weight"):
+        timm.create_model(f"local-dir:{folder}", pretrained=True)
+
+
+def test_unexpected_tensor_is_named(saved: Path, tmp_path: Path) -> None:
+    folder = Path(shutil.copytree(saved, tmp_path / "m"))
+    _edit_weights(folder, lambda t: t.update({"head.fc.weight": torch.zeros(2, 2)}))
+    with pytest.raises(CheckpointMismatchError, match=r"unexpected tensors: head\.fc\.weight"):
+        CPRFL.from_pretrained(folder)
+
+
+def test_shape_disagreeing_with_config_is_named(saved: Path, tmp_path: Path) -> None:
+    folder = Path(shutil.copytree(saved, tmp_path / "m"))
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["model_args"]["embed_dim"] = 8
+    (folder / "config.json").write_text(json.dumps(cfg))
+    match = (
+        r"shape mismatches: class_embeddings \(file \(5, 16\), config \(5, 8\)\), "
+        r"prompt_init\.net\.fc1\.weight \(file \(16, 16\), config \(16, 8\)\)"
+    )
+    with pytest.raises(CheckpointMismatchError, match=match):
+        CPRFL.from_pretrained(folder)
+
+
+def test_many_problems_are_listed_briefly(saved: Path, tmp_path: Path) -> None:
+    folder = Path(shutil.copytree(saved, tmp_path / "m"))
+    _edit_weights(folder, lambda t: [t.pop(k) for k in list(t) if k.startswith("backbone.")])
+    with pytest.raises(CheckpointMismatchError, match=r"missing tensors: backbone\..*and \d+ more"):
+        CPRFL.from_pretrained(folder)
+
+
+def test_missing_files_and_bad_names(saved: Path, tmp_path: Path) -> None:
+    folder = Path(shutil.copytree(saved, tmp_path / "m"))
+    (folder / "model.safetensors").unlink()
+    torch.save({}, folder / "pytorch_model.bin")
+    with pytest.raises(FileNotFoundError, match=r"has no model\.safetensors"):
+        CPRFL.from_pretrained(folder)
+    with pytest.raises(ValueError, match="neither an existing folder nor a Hub repository"):
+        CPRFL.from_pretrained(str(tmp_path / "does-not-exist"))
+    with pytest.raises(ValueError, match="only applies to Hub repositories"):
+        CPRFL.from_pretrained(saved, revision="v1")
+    with pytest.raises(ValueError, match="already names a revision"):
+        CPRFL.from_pretrained("me/repo@v1", revision="v2")
+
+
+def test_non_cprfl_folder_is_rejected(tmp_path: Path) -> None:
+    plain = timm.create_model("test_resnet", num_classes=3)
+    timm.models.save_for_hf(plain, tmp_path / "plain", safe_serialization=True)
+    with pytest.raises(TypeError, match="not a CPRFL model"):
+        CPRFL.from_pretrained(tmp_path / "plain")
+
+
+# ---------------------------------------------------------------------- Hub, offline
+def _seed_cache(cache: Path, repo_id: str, commit: str, folder: Path, ref: str = "main") -> None:
+    repo_dir = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo_dir / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for f in folder.iterdir():
+        shutil.copy(f, snapshot / f.name)
+    (repo_dir / "refs").mkdir(exist_ok=True)
+    (repo_dir / "refs" / ref).write_text(commit)
+
+
+@pytest.fixture
+def offline_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_hf_hub_loading_from_offline_cache(
+    model: CPRFL, saved: Path, offline_cache: Path, tmp_path: Path, images, no_clip_no_pickle
+) -> None:
+    other = _make_model(seed=7, names=["x", "y"])
+    other_folder = other.save_pretrained(tmp_path / "v1")
+    _seed_cache(offline_cache, "me/cprfl-test", COMMIT, saved)
+    _seed_cache(offline_cache, "me/cprfl-test", COMMIT_V1, other_folder, ref="v1")
+
+    _assert_same_model(model, CPRFL.from_pretrained("me/cprfl-test"), images)
+    _assert_same_model(model, create_cprfl("hf-hub:me/cprfl-test"), images)
+    _assert_same_model(model, timm.create_model("hf-hub:me/cprfl-test", pretrained=True), images)
+    _assert_same_model(model, create_cprfl(f"hf-hub:me/cprfl-test@{COMMIT}"), images)
+    # revisions: by branch name and by commit, as an argument or after '@'
+    _assert_same_model(other, CPRFL.from_pretrained("me/cprfl-test", revision="v1"), images)
+    _assert_same_model(other, CPRFL.from_pretrained(f"me/cprfl-test@{COMMIT_V1}"), images)
+    _assert_same_model(other, timm.create_model("hf-hub:me/cprfl-test@v1", pretrained=True), images)
+    assert set(no_clip_no_pickle["backbone_pretrained"]) == {False}
+    loaded = CPRFL.from_pretrained("me/cprfl-test")
+    assert loaded.pretrained_cfg["hf_hub_id"] == "me/cprfl-test"
+    assert loaded.pretrained_cfg["label_names"] == NAMES
+
+
+def test_hf_hub_explicit_cache_dir(
+    model: CPRFL, saved: Path, tmp_path: Path, images, monkeypatch
+) -> None:
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    cache = tmp_path / "elsewhere"
+    _seed_cache(cache, "me/cprfl-test", COMMIT, saved)
+    _assert_same_model(model, CPRFL.from_pretrained("me/cprfl-test", cache_dir=cache), images)
+
+
+def test_hf_hub_never_unpickles(
+    model: CPRFL, saved: Path, offline_cache: Path, tmp_path: Path, no_clip_no_pickle
+) -> None:
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    shutil.copy(saved / "config.json", folder / "config.json")
+    (folder / "pytorch_model.bin").write_bytes(b"not even read")
+    _seed_cache(offline_cache, "me/pickled", COMMIT, folder)
+    # the weights file named by config.json is missing: an error, never a torch.load fallback
+    with pytest.raises(huggingface_hub.errors.LocalEntryNotFoundError):
+        CPRFL.from_pretrained("me/pickled")
+
+
+def test_hf_hub_strict_error_names_the_repo(
+    saved: Path, offline_cache: Path, tmp_path: Path
+) -> None:
+    folder = Path(shutil.copytree(saved, tmp_path / "m"))
+    _edit_weights(folder, lambda t: t.pop("visual_proj.bias"))
+    _seed_cache(offline_cache, "me/broken", COMMIT, folder)
+    match = r"hf-hub:me/broken \(model\.safetensors\) does not match .*visual_proj\.bias"
+    with pytest.raises(CheckpointMismatchError, match=match):
+        timm.create_model("hf-hub:me/broken", pretrained=True)
+
+
+# ---------------------------------------------------------------------- push
+@pytest.fixture
+def fake_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, list]:
+    """Replace HfApi's network calls; keep a copy of every uploaded folder."""
+    calls: dict[str, list] = {"create_repo": [], "create_branch": [], "upload_folder": []}
+
+    def create_repo(self, repo_id, **kwargs):
+        calls["create_repo"].append((repo_id, kwargs))
+        return f"https://huggingface.co/{repo_id}"
+
+    def create_branch(self, repo_id, **kwargs):
+        calls["create_branch"].append((repo_id, kwargs))
+
+    def upload_folder(self, **kwargs):
+        copy = tmp_path / f"uploaded-{len(calls['upload_folder'])}"
+        shutil.copytree(kwargs["folder_path"], copy)
+        calls["upload_folder"].append(dict(kwargs, copy=copy, token=self.token))
+        return "commit-info"
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "create_branch", create_branch)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    return calls
+
+
+def test_push_to_hub_uploads_the_saved_folder(model: CPRFL, fake_hub, images) -> None:
+    out = model.push_to_hub("me/cprfl-test", token="hf_fake", private=True, metrics={"mAP": 50.0})
+    assert out == "commit-info"
+    assert fake_hub["create_repo"] == [
+        ("me/cprfl-test", {"private": True, "exist_ok": True, "repo_type": "model"})
+    ]
+    assert fake_hub["create_branch"] == []
+    (upload,) = fake_hub["upload_folder"]
+    assert upload["repo_id"] == "me/cprfl-test"
+    assert upload["token"] == "hf_fake"
+    assert upload["revision"] is None and upload["create_pr"] is False
+    assert not Path(upload["folder_path"]).exists(), "temporary upload folder not cleaned up"
+    copy = upload["copy"]
+    assert sorted(os.listdir(copy)) == ["README.md", "config.json", "model.safetensors"]
+    card = (copy / "README.md").read_text()
+    assert 'CPRFL.from_pretrained("me/cprfl-test")' in card and "| mAP | 50.00 |" in card
+    _assert_same_model(model, CPRFL.from_pretrained(copy), images)
+
+
+def test_push_to_branch_and_pr(model: CPRFL, fake_hub) -> None:
+    model.push_to_hub("me/cprfl-test", revision="v1", commit_message="v1 weights")
+    assert fake_hub["create_branch"] == [
+        ("me/cprfl-test", {"branch": "v1", "exist_ok": True, "repo_type": "model"})
+    ]
+    assert fake_hub["upload_folder"][0]["revision"] == "v1"
+    assert fake_hub["upload_folder"][0]["commit_message"] == "v1 weights"
+    model.push_to_hub("me/cprfl-test", create_pr=True)
+    assert len(fake_hub["create_branch"]) == 1
+    assert fake_hub["upload_folder"][1]["create_pr"] is True
+
+
+@pytest.mark.parametrize("repo_id", ["cprfl-test", "a/b/c", "/repo", ""])
+def test_push_bad_repo_id(model: CPRFL, fake_hub, repo_id: str) -> None:
+    with pytest.raises(ValueError, match="repo_id must look like 'user/repo'"):
+        model.push_to_hub(repo_id)
+    assert fake_hub["create_repo"] == [] and fake_hub["upload_folder"] == []
+
+
+# ---------------------------------------------------------------------- real Hub (opt-in)
+@pytest.mark.hub
+@pytest.mark.skipif(not os.environ.get("HF_TOKEN"), reason="needs HF_TOKEN to talk to the Hub")
+def test_real_hub_push_and_pull(model: CPRFL, images: torch.Tensor, tmp_path: Path) -> None:
+    api = HfApi()
+    user = api.whoami()["name"]
+    repo_id = f"{user}/cprfl-zoo-test-{uuid.uuid4().hex[:8]}"
+    try:
+        model.push_to_hub(repo_id, private=True)
+        loaded = CPRFL.from_pretrained(repo_id, cache_dir=tmp_path / "cache")
+        _assert_same_model(model, loaded, images)
+        _assert_same_model(
+            model,
+            timm.create_model(f"hf-hub:{repo_id}", pretrained=True, cache_dir=tmp_path / "c2"),
+            images,
+        )
+    finally:
+        api.delete_repo(repo_id, missing_ok=True)

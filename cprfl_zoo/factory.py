@@ -64,7 +64,7 @@ def create_cprfl(
         kwargs["backbone"] = backbone
     return timm.create_model(
         arch,
-        class_names=list(class_names),
+        class_names=class_names,
         text_embeddings=text_embeddings,
         pretrained_backbone=pretrained_backbone,
         **kwargs,

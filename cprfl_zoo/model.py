@@ -556,12 +556,6 @@ def _create_cprfl(variant: str, pretrained: bool = False, **kwargs: Any) -> CPRF
         **model_kwargs,
     )
     cfg = dict(model.pretrained_cfg)
-    if pretrained and not _has_weight_source(cfg):
-        raise ValueError(
-            f"{variant} has no pretrained CPRFL weights to load; pass pretrained=False (and "
-            "pretrained_backbone=True for the backbone's ImageNet weights), or load a saved "
-            "model with 'hf-hub:<repo>' or 'local-dir:<folder>'"
-        )
     if not _has_weight_source(cfg):
         data = model.backbone_data_config()
         for key, value in data.items():

@@ -1,0 +1,311 @@
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+import cprfl_zoo
+from cprfl_zoo import CPRFL, create_cprfl
+
+NAMES = ["cat", "dog", "traffic_light", "person", "zebra"]
+
+
+def make(tiny_head: dict, backbone: str = "test_resnet", **kwargs) -> CPRFL:
+    torch.manual_seed(0)
+    kwargs.setdefault("text_embeddings", torch.randn(len(NAMES), 12))
+    return create_cprfl(
+        backbone, class_names=NAMES, pretrained_backbone=False, **tiny_head, **kwargs
+    )
+
+
+def test_quickstart_shapes_and_names(tiny_head):
+    model = make(tiny_head)
+    assert model.class_names == NAMES
+    assert model.num_classes == 5
+    assert model.num_features == tiny_head["dim"]
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 5)
+    assert model(torch.randn(3, 3, 64, 64)).shape == (3, 5)
+
+
+def test_paper_defaults():
+    """Checked on the signature, without building a 2048-wide head."""
+    sig = inspect.signature(CPRFL.__init__).parameters
+    assert sig["dim"].default == 2048
+    assert sig["num_heads"].default == 8
+    assert sig["head_dim"].default == 512
+    assert sig["mlp_hidden_dim"].default == 2048
+    assert sig["drop_rate"].default == 0.1
+    assert sig["pi_mlp_ratio"].default == 0.5
+    assert sig["qkv_bias"].default is False
+
+
+def test_pi_network_structure():
+    torch.manual_seed(0)
+    model = create_cprfl(
+        "test_resnet",
+        NAMES,
+        torch.randn(5, 12),
+        pretrained_backbone=False,
+        dim=32,
+        num_heads=2,
+        head_dim=8,
+        mlp_hidden_dim=24,
+    )
+    net = model.prompt_init.net
+    assert (net.fc1.in_features, net.fc1.out_features, net.fc2.out_features) == (12, 16, 32)
+    assert isinstance(net.act, nn.GELU)
+    lin = create_cprfl(
+        "test_resnet",
+        NAMES,
+        torch.randn(5, 12),
+        pretrained_backbone=False,
+        pi_linear=True,
+        dim=32,
+        num_heads=2,
+        head_dim=8,
+        mlp_hidden_dim=24,
+    )
+    assert isinstance(lin.prompt_init.net, nn.Linear)
+    w = lin.prompt_init.net
+    torch.testing.assert_close(lin.get_prompts(), lin.class_embeddings @ w.weight.T + w.bias)
+
+
+def test_vsi_sizes_follow_arguments():
+    model = create_cprfl(
+        "test_resnet",
+        NAMES,
+        torch.randn(5, 12),
+        pretrained_backbone=False,
+        dim=24,
+        num_heads=3,
+        head_dim=5,
+        mlp_hidden_dim=7,
+    )
+    assert model.vsi.attn.qkv.weight.shape == (3 * 15, 24)
+    assert model.vsi.attn.qkv.bias is None
+    assert model.vsi.attn.proj.weight.shape == (24, 15)
+    assert model.vsi.mlp.fc1.weight.shape == (7, 24)
+    assert model.visual_proj.weight.shape == (24, model.backbone.num_features)
+
+
+def test_timm_registry_and_create_model(tiny_head):
+    assert {"cprfl_resnet50", "cprfl_resnet101", "cprfl_vit_base_patch16_224"} <= set(
+        timm.list_models("cprfl*")
+    )
+    model = timm.create_model(
+        "cprfl_resnet101", class_names=NAMES, text_embeddings=torch.randn(5, 12), **tiny_head
+    )
+    assert isinstance(model, CPRFL)
+    assert model.pretrained_cfg["architecture"] == "cprfl_resnet101"
+    cfg = timm.data.resolve_model_data_config(model)
+    assert cfg["input_size"] == (3, 448, 448)
+    assert cfg["mean"] == timm.data.IMAGENET_DEFAULT_MEAN
+
+
+def test_data_config_comes_from_backbone(tiny_head):
+    model = make(tiny_head, "test_vit", img_size=64)
+    cfg = timm.data.resolve_model_data_config(model)
+    backbone_cfg = timm.data.resolve_model_data_config(model.backbone)
+    assert cfg["input_size"] == (3, 64, 64)
+    assert cfg["mean"] == backbone_cfg["mean"] and cfg["std"] == backbone_cfg["std"]
+    assert model.forward_features(torch.randn(1, 3, 64, 64)).shape == (1, 16, tiny_head["dim"])
+
+
+def test_backbone_with_tag_and_kwargs(tiny_head):
+    model = make(tiny_head, "test_vit.r160_in1k", img_size=96, drop_path_rate=0.1)
+    assert model.backbone.patch_embed.img_size == (96, 96)
+    assert model(torch.randn(2, 3, 96, 96)).shape == (2, 5)
+
+
+def test_forward_features_and_head(tiny_head):
+    model = make(tiny_head).eval()
+    x = torch.randn(2, 3, 64, 64)
+    feats = model.forward_features(x)
+    assert feats.shape == (2, 4, tiny_head["dim"])
+    refined = model.forward_head(feats, pre_logits=True)
+    assert refined.shape == (2, 5, tiny_head["dim"])
+    torch.testing.assert_close(model.forward_head(feats), (refined * model.get_prompts()).sum(-1))
+    torch.testing.assert_close(model(x), model.forward_head(feats))
+
+
+def test_dual_path_gradients_and_detach_flags(tiny_head):
+    x = torch.randn(2, 3, 64, 64)
+
+    def prompt_grad(**flags):
+        model = make(tiny_head, drop_rate=0.0, **flags).eval()
+        model(x).sum().backward()
+        return model
+
+    both = prompt_grad()
+    no_cls = prompt_grad(detach_classifier_prompts=True)
+    no_feat = prompt_grad(detach_refined_features=True)
+    g_both = both.prompt_init.net.fc2.weight.grad
+    g_vsi = no_cls.prompt_init.net.fc2.weight.grad
+    g_cls = no_feat.prompt_init.net.fc2.weight.grad
+    # the two paths add up to the full gradient, and each is non-zero
+    torch.testing.assert_close(g_both, g_vsi + g_cls, rtol=1e-4, atol=1e-6)
+    assert g_vsi.abs().sum() > 0 and g_cls.abs().sum() > 0
+    assert no_feat.vsi.attn.qkv.weight.grad is None
+    assert no_feat.backbone.conv1[0].weight.grad is None
+
+
+def test_group_matcher_splits_backbone_and_head(tiny_head):
+    model = make(tiny_head)
+    groups = timm.models.group_parameters(model, model.group_matcher())
+    names = dict(model.named_parameters())
+    backbone = [n for n in names if n.startswith("backbone.")]
+    head = [n for n in names if not n.startswith("backbone.")]
+    assert sorted(groups[0]) == sorted(backbone)
+    assert sorted(groups[1]) == sorted(head)
+    assert head and backbone
+
+
+def test_no_weight_decay_is_prefixed(tiny_head):
+    model = make(tiny_head, "test_vit")
+    nwd = model.no_weight_decay()
+    assert "backbone.pos_embed" in nwd
+    assert "backbone.cls_token" in nwd
+    assert all(n.startswith("backbone.") for n in nwd)
+
+
+def test_grad_checkpointing_same_values(tiny_head):
+    model = make(tiny_head, drop_rate=0.0).eval()
+    x = torch.randn(2, 3, 64, 64)
+    ref = model(x)
+    ref.sum().backward()
+    g_ref = model.vsi.attn.qkv.weight.grad.clone()
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    out = model(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(model.vsi.attn.qkv.weight.grad, g_ref)
+
+
+def test_channels_last_and_bf16_autocast(tiny_head):
+    model = make(tiny_head).eval()
+    x = torch.randn(2, 3, 64, 64)
+    ref = model(x)
+    cl = model.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(cl(x.to(memory_format=torch.channels_last)), ref)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(x)
+    assert low.shape == ref.shape and torch.isfinite(low).all()
+    assert (low.float() - ref).abs().max() < 0.05 * ref.abs().max() + 0.05
+
+
+def test_torch_compile_matches_eager(tiny_head):
+    model = make(tiny_head).eval()
+    x = torch.randn(2, 3, 64, 64)
+    # aot_eager traces through dynamo and AOTAutograd like inductor, without its slow C++ codegen
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_set_classes_swaps_label_space_only(tiny_head):
+    model = make(tiny_head).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items() if k != "class_embeddings"}
+    x = torch.randn(2, 3, 64, 64)
+    new_w = torch.randn(3, 12)
+    model.set_classes(["a", "b", "c"], new_w)
+    assert model.num_classes == 3 and model.class_names == ["a", "b", "c"]
+    out = model(x)
+    assert out.shape == (2, 3)
+    after = model.state_dict()
+    for k, v in before.items():
+        torch.testing.assert_close(after[k], v)
+    # scoring the new classes equals a model built with them from the start (same weights)
+    fresh = make(tiny_head).eval()
+    fresh.load_state_dict(before | {"class_embeddings": fresh.class_embeddings}, strict=True)
+    fresh.set_classes(["a", "b", "c"], new_w)
+    torch.testing.assert_close(fresh(x), out)
+
+
+def test_module_backbone(tiny_head):
+    bb = timm.create_model("test_convnext", num_classes=0)
+    model = CPRFL(bb, NAMES, torch.randn(5, 12), **tiny_head)
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 5)
+    with pytest.raises(ValueError, match="backbone module instance"):
+        _ = model.model_args
+
+
+def test_class_embeddings_are_a_persistent_float_buffer(tiny_head):
+    w = torch.randn(5, 12, dtype=torch.float64)
+    model = make(tiny_head, text_embeddings=w)
+    assert "class_embeddings" in model.state_dict()
+    assert model.class_embeddings.dtype == torch.float32
+    torch.testing.assert_close(model.class_embeddings, w.float())
+    assert not any(p is model.class_embeddings for p in model.parameters())
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    ("names", "exc", "match"),
+    [
+        ([], ValueError, "class_names is empty"),
+        (["a", "b", "a"], ValueError, "duplicate class name 'a' at positions 0 and 2"),
+        (["a", 3], ValueError, r"class_names\[1\] is int 3, not a string"),
+        (["a", "  "], ValueError, r"class_names\[1\] is an empty or blank string"),
+        ("abc", TypeError, "sequence of strings"),
+    ],
+)
+def test_bad_class_names(names, exc, match, tiny_head):
+    n = max(len(names), 1)
+    with pytest.raises(exc, match=match):
+        create_cprfl(
+            "test_resnet", names, torch.randn(n, 12), pretrained_backbone=False, **tiny_head
+        )
+
+
+def test_embedding_count_mismatch(tiny_head):
+    with pytest.raises(ValueError, match="has 4 rows but there are 5 class names"):
+        make(tiny_head, text_embeddings=torch.randn(4, 12))
+
+
+def test_embedding_width_mismatch(tiny_head):
+    model = make(tiny_head)
+    with pytest.raises(ValueError, match="width 10 but this model's PI network expects 12"):
+        model.set_classes(["x", "y"], torch.randn(2, 10))
+    with pytest.raises(ValueError, match=r"embed_dim=16 \(the PI input width\)"):
+        make(tiny_head, embed_dim=16)
+
+
+def test_non_finite_embeddings(tiny_head):
+    w = torch.randn(5, 12)
+    w[2, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        make(tiny_head, text_embeddings=w)
+
+
+def test_wrong_channel_count(tiny_head):
+    model = make(tiny_head)
+    with pytest.raises(ValueError, match="images have 1 channels but the model expects 3"):
+        model(torch.randn(2, 1, 64, 64))
+    with pytest.raises(ValueError, match=r"expected images of shape \(B, C, H, W\)"):
+        model(torch.randn(3, 64, 64))
+
+
+def test_unknown_backbone(tiny_head):
+    with pytest.raises(ValueError, match="unknown backbone 'resnet_nope'"):
+        create_cprfl("resnet_nope", NAMES, torch.randn(5, 12), **tiny_head)
+
+
+def test_pretrained_without_weights_is_an_error(tiny_head):
+    # timm's own loader refuses, naming the model, before any random model is returned
+    with pytest.raises(RuntimeError, match="No pretrained weights exist for cprfl_resnet50"):
+        timm.create_model(
+            "cprfl_resnet50", pretrained=True, class_names=NAMES, embed_dim=12, **tiny_head
+        )
+
+
+def test_num_classes_must_match(tiny_head):
+    with pytest.raises(ValueError, match="num_classes=3 disagrees with the 5 class names"):
+        make(tiny_head, num_classes=3)
+
+
+def test_version():
+    assert isinstance(cprfl_zoo.__version__, str) and cprfl_zoo.__version__.count(".") == 2

@@ -3,5 +3,6 @@
 from ._version import __version__
 from .factory import create_cprfl
 from .model import CPRFL
+from .text import encode_class_names
 
-__all__ = ["CPRFL", "__version__", "create_cprfl"]
+__all__ = ["CPRFL", "__version__", "create_cprfl", "encode_class_names"]

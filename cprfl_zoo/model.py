@@ -123,6 +123,12 @@ class CPRFL(nn.Module):
         num_classes: Accepted for timm compatibility; must equal ``len(class_names)``.
         global_pool: Accepted for timm compatibility; CPRFL does not pool (must be empty).
         text_encoder_cfg: JSON-serialisable description of what produced the embeddings.
+        trainable_text_encoder: Keep the CLIP text tower as the submodule ``text_tower`` and
+            re-encode the class prompts on every forward pass, fine-tuning it (the official
+            code's mode). Rebuilt from ``text_encoder_cfg["text_tower"]`` when ``text_tower`` is
+            not given (for loading saved weights).
+        text_tower: A loaded :class:`~cprfl_zoo.text.TextTower` with the class prompts; implies
+            ``trainable_text_encoder``.
     """
 
     def __init__(
@@ -150,6 +156,8 @@ class CPRFL(nn.Module):
         num_classes: int | None = None,
         global_pool: str | None = None,
         text_encoder_cfg: dict[str, Any] | None = None,
+        trainable_text_encoder: bool = False,
+        text_tower: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if class_names is None:
@@ -209,6 +217,16 @@ class CPRFL(nn.Module):
         self.detach_refined_features = detach_refined_features
         self.grad_checkpointing = False
         self.text_encoder_cfg = dict(text_encoder_cfg or {})
+        if trainable_text_encoder and text_tower is None:
+            from .text import TextTower
+
+            text_tower = TextTower.from_config(self.text_encoder_cfg.get("text_tower"), len(names))
+        if text_tower is not None and text_tower.embed_dim != embed_dim:
+            raise ValueError(
+                f"the text tower gives width {text_tower.embed_dim}, but embed_dim={embed_dim}"
+            )
+        self.text_tower = text_tower
+        self.class_embeddings_frozen = False
         self._arch_args: dict[str, Any] = {
             "backbone": backbone if isinstance(backbone, str) else None,
             "backbone_kwargs": {k: v for k, v in backbone_kwargs.items() if k != "img_size"},
@@ -223,6 +241,7 @@ class CPRFL(nn.Module):
             "detach_classifier_prompts": detach_classifier_prompts,
             "detach_refined_features": detach_refined_features,
             "in_chans": in_chans,
+            "trainable_text_encoder": text_tower is not None,
         }
         if img_size is not None:
             self._arch_args["img_size"] = img_size
@@ -282,7 +301,9 @@ class CPRFL(nn.Module):
         pass
 
     # ------------------------------------------------------------------ class space
-    def set_classes(self, class_names: Sequence[str], text_embeddings: torch.Tensor) -> None:
+    def set_classes(
+        self, class_names: Sequence[str], text_embeddings: torch.Tensor | None = None
+    ) -> None:
         """Swap the label space without touching any trained weight.
 
         Every weight of CPRFL is shared across classes, so a trained model can score classes it
@@ -290,8 +311,31 @@ class CPRFL(nn.Module):
 
         Args:
             class_names: New class names, in logit order.
-            text_embeddings: Their embeddings (C', m), from the same text encoder.
+            text_embeddings: Their embeddings (C', m), from the same text encoder. When omitted,
+                they are computed (and cached) with the encoder ``text_encoder_cfg`` describes;
+                with a trainable text tower, the new prompts are tokenised into it instead.
         """
+        if self.text_tower is not None:
+            if text_embeddings is not None:
+                raise ValueError(
+                    "this model encodes its class names with its trainable text tower; call "
+                    "set_classes(names) without text_embeddings"
+                )
+            self.text_tower.set_class_names(validate_class_inputs(class_names))
+            self.text_encoder_cfg["text_tower"] = self.text_tower.config
+            with torch.no_grad():
+                text_embeddings = self.text_tower().float()
+        elif text_embeddings is None:
+            from .text import encode_class_names_from_config
+
+            if not self.text_encoder_cfg.get("model_name"):
+                raise ValueError(
+                    "text_embeddings are needed: this model's text_encoder_cfg does not say "
+                    "which text encoder produced its class embeddings"
+                )
+            text_embeddings, _ = encode_class_names_from_config(
+                validate_class_inputs(class_names), self.text_encoder_cfg, same_weights=True
+            )
         names = validate_class_inputs(class_names, text_embeddings)
         if text_embeddings.shape[1] != self.embed_dim:
             raise ValueError(
@@ -304,8 +348,42 @@ class CPRFL(nn.Module):
         self.num_classes = len(names)
 
     def get_class_embeddings(self) -> torch.Tensor:
-        """Return the class embeddings W (C, m) used by the PI network."""
+        """Return the class embeddings W (C, m) used by the PI network.
+
+        With a trainable text tower they are re-encoded from the class prompts on every call,
+        unless :meth:`freeze_class_embeddings` stored them.
+        """
+        if self.text_tower is not None and not self.class_embeddings_frozen:
+            return self.text_tower()
         return self.class_embeddings
+
+    @torch.no_grad()
+    def freeze_class_embeddings(self) -> torch.Tensor:
+        """Encode the class prompts once and use the result until the next ``train()``.
+
+        For inference with a trainable text tower: call it after ``model.eval()`` so each batch
+        does not re-encode the prompts. Without a text tower the embeddings are fixed anyway.
+
+        Returns:
+            The class embeddings W (C, m), also stored in the ``class_embeddings`` buffer.
+        """
+        if self.text_tower is not None:
+            self.class_embeddings.copy_(self.text_tower().float())
+            self.class_embeddings_frozen = True
+        return self.class_embeddings
+
+    def train(self, mode: bool = True) -> CPRFL:
+        """Set training mode; entering it re-enables re-encoding by a trainable text tower.
+
+        Args:
+            mode: Training (``True``) or evaluation (``False``) mode.
+
+        Returns:
+            The model.
+        """
+        if mode:
+            self.class_embeddings_frozen = False
+        return super().train(mode)
 
     def get_prompts(self) -> torch.Tensor:
         """Return the category prompts P = PI(W), shape (C, d)."""
@@ -484,6 +562,8 @@ _HEAD_ARGS = frozenset(
         "num_classes",
         "global_pool",
         "text_encoder_cfg",
+        "trainable_text_encoder",
+        "text_tower",
     }
 )
 
@@ -525,7 +605,13 @@ def _create_cprfl(variant: str, pretrained: bool = False, **kwargs: Any) -> CPRF
 
     ``pretrained=True`` loads complete CPRFL weights (class embeddings included) from the
     resolved pretrained config; ``pretrained_backbone=True`` only loads the backbone's weights.
+    Otherwise the class embeddings are computed (see :func:`cprfl_zoo.text.prepare_text_inputs`)
+    unless given; ``text_encoder``, ``text_pretrained``, ``templates``, ``normalize_embeddings``
+    and ``embed_cache_dir`` choose how.
     """
+    from .text import pop_text_encoder_kwargs, prepare_text_inputs
+
+    text_kwargs = pop_text_encoder_kwargs(kwargs)
     build_args = {
         k: kwargs.pop(k)
         for k in ("pretrained_cfg", "pretrained_cfg_overlay", "pretrained_model_args", "cache_dir")
@@ -538,14 +624,7 @@ def _create_cprfl(variant: str, pretrained: bool = False, **kwargs: Any) -> CPRF
         model_kwargs["backbone_kwargs"] = backbone_kwargs
     if pretrained:
         model_kwargs["pretrained_backbone"] = False
-    elif model_kwargs.get("text_embeddings") is None and "class_names" in model_kwargs:
-        from .text import encode_class_names_from_config
-
-        embeddings, text_cfg = encode_class_names_from_config(
-            model_kwargs["class_names"], model_kwargs.get("text_encoder_cfg")
-        )
-        model_kwargs["text_embeddings"] = embeddings
-        model_kwargs["text_encoder_cfg"] = text_cfg
+    prepare_text_inputs(model_kwargs, text_kwargs, pretrained=pretrained)
     model = build_model_with_cfg(
         CPRFL,
         variant,

@@ -1,0 +1,285 @@
+"""On-disk cache of class-name text embeddings: one checked safetensors file per key.
+
+A *key* is a JSON-able dict that names everything that determines the embeddings: the text
+encoder, the identity of its weights, the prompt templates, the normalisation and the class names
+in order. Its SHA-256 names the file, and the file's metadata repeats the key (and a checksum of
+the tensor), so a read is checked against what was asked for and a stale, foreign, corrupt or
+truncated file is reported and ignored, never trusted.
+
+Writes are atomic (a temporary file in the cache folder, then :func:`os.replace`), so processes
+filling the same entry at once (DDP ranks) each leave a complete file and never a torn one.
+
+The cache folder is ``$CPRFL_ZOO_CACHE/text_embeddings``, else
+``$XDG_CACHE_HOME/cprfl_zoo/text_embeddings``, else ``~/.cache/cprfl_zoo/text_embeddings``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
+
+__all__ = [
+    "CACHE_ENV",
+    "EmbeddingCacheWarning",
+    "cache_file_name",
+    "default_cache_dir",
+    "key_digest",
+    "load_embeddings_file",
+    "read_cache_entry",
+    "resolve_cache_dir",
+    "save_embeddings_file",
+    "write_cache_entry",
+]
+
+CACHE_ENV = "CPRFL_ZOO_CACHE"
+FORMAT = "cprfl_zoo.text_embeddings/1"
+TENSOR_NAME = "embeddings"
+_SUBDIR = "text_embeddings"
+
+
+class EmbeddingCacheWarning(UserWarning):
+    """A cache file was ignored (corrupt, mismatching) or could not be written."""
+
+
+def default_cache_dir() -> Path:
+    """Return the folder that holds cached class embeddings.
+
+    Returns:
+        ``$CPRFL_ZOO_CACHE/text_embeddings`` if that variable is set, else
+        ``$XDG_CACHE_HOME/cprfl_zoo/text_embeddings``, else
+        ``~/.cache/cprfl_zoo/text_embeddings``.
+    """
+    root = os.environ.get(CACHE_ENV)
+    if root:
+        return Path(root).expanduser() / _SUBDIR
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "cprfl_zoo" / _SUBDIR
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Return ``cache_dir`` as a path, or the default cache folder when it is ``None``.
+
+    Args:
+        cache_dir: An explicit folder for the embedding files, or ``None``.
+
+    Returns:
+        The folder (it may not exist yet).
+    """
+    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+
+def _canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def key_digest(key: Mapping[str, Any]) -> str:
+    """Return the SHA-256 hex digest of a cache key's canonical JSON.
+
+    Args:
+        key: The cache key.
+
+    Returns:
+        64 hex characters.
+    """
+    return hashlib.sha256(_canonical_json(dict(key)).encode("utf-8")).hexdigest()
+
+
+def cache_file_name(key: Mapping[str, Any]) -> str:
+    """Return the file name of a cache entry: a readable prefix and the key's digest.
+
+    Args:
+        key: The cache key; ``model_name`` and ``class_names`` make the readable prefix.
+
+    Returns:
+        A name such as ``RN50-quickgelu-80c-0123456789abcdef.safetensors``.
+    """
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", str(key.get("model_name", "text")))[-48:].strip("._")
+    count = len(key.get("class_names", ()))
+    return f"{slug or 'text'}-{count}c-{key_digest(key)[:16]}.safetensors"
+
+
+def _tensor_sha256(tensor: torch.Tensor) -> str:
+    data = tensor.detach().to("cpu", torch.float32).contiguous()
+    return hashlib.sha256(data.numpy().tobytes()).hexdigest()
+
+
+def save_embeddings_file(
+    path: str | os.PathLike[str],
+    embeddings: torch.Tensor,
+    key: Mapping[str, Any],
+    provenance: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write embeddings and their key to a safetensors file, atomically.
+
+    The tensor goes to a temporary file in the target folder, which is then renamed over
+    ``path``; a reader sees the old file or the new one, never a partial one.
+
+    Args:
+        path: The file to write.
+        embeddings: (C, m) embeddings; stored as float32.
+        key: What produced them (stored in the metadata and checked on read).
+        provenance: Extra JSON-able information to record (not checked on read).
+
+    Returns:
+        The path written.
+
+    Raises:
+        OSError: If the folder cannot be created or written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensor = embeddings.detach().to("cpu", torch.float32).contiguous()
+    metadata = {
+        "format": FORMAT,
+        "key": _canonical_json(dict(key)),
+        "sha256": _tensor_sha256(tensor),
+        "shape": _canonical_json(list(tensor.shape)),
+        "provenance": _canonical_json(dict(provenance or {})),
+    }
+    payload = save({TENSOR_NAME: tensor}, metadata=metadata)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _first_key_difference(found: Mapping[str, Any], expected: Mapping[str, Any]) -> str:
+    for name in sorted(set(found) | set(expected)):
+        if found.get(name) != expected.get(name):
+            if name == "class_names":
+                return "its class names differ"
+            return f"its {name!r} is {found.get(name)!r}, expected {expected.get(name)!r}"
+    return "its key differs"
+
+
+def load_embeddings_file(
+    path: str | os.PathLike[str], key: Mapping[str, Any] | None = None
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Read an embeddings file written by :func:`save_embeddings_file` and check it.
+
+    Args:
+        path: The file.
+        key: When given, the key the file must have been written for.
+
+    Returns:
+        The (C, m) float32 embeddings and the key recorded in the file.
+
+    Raises:
+        ValueError: If the file is not such a file, is corrupt or truncated, its checksum fails,
+            or its key differs from ``key`` (the message says how).
+        OSError: If the file cannot be read.
+    """
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            names = list(f.keys())
+            if names != [TENSOR_NAME]:
+                raise ValueError(f"it holds tensors {names}, expected only {TENSOR_NAME!r}")
+            tensor = f.get_tensor(TENSOR_NAME)
+    except OSError:
+        raise
+    except Exception as e:  # safetensors raises its own error type for torn or garbled files
+        raise ValueError(f"{path} is not a readable safetensors file ({e})") from e
+    if metadata.get("format") != FORMAT:
+        raise ValueError(
+            f"{path} is not a cprfl_zoo embeddings file (format {metadata.get('format')!r})"
+        )
+    try:
+        found_key = json.loads(metadata["key"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} has no readable key in its metadata") from e
+    if key is not None and found_key != json.loads(_canonical_json(dict(key))):
+        raise ValueError(
+            f"{path} was written for other inputs: {_first_key_difference(found_key, key)}"
+        )
+    if tensor.dtype != torch.float32 or tensor.ndim != 2:
+        raise ValueError(f"{path} holds a {tensor.dtype} tensor of shape {tuple(tensor.shape)}")
+    if "class_names" in found_key and tensor.shape[0] != len(found_key["class_names"]):
+        raise ValueError(
+            f"{path} holds {tensor.shape[0]} rows for {len(found_key['class_names'])} class names"
+        )
+    if metadata.get("sha256") != _tensor_sha256(tensor):
+        raise ValueError(f"{path} fails its checksum: the tensor data is corrupt")
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{path} holds NaN or infinite values")
+    return tensor, found_key
+
+
+def read_cache_entry(key: Mapping[str, Any], cache_dir: Path) -> torch.Tensor | None:
+    """Return the cached embeddings for ``key``, or ``None`` on a miss.
+
+    A file that exists but cannot be trusted (corrupt, truncated, written for another key) is
+    reported with an :class:`EmbeddingCacheWarning` and treated as a miss.
+
+    Args:
+        key: The cache key.
+        cache_dir: The cache folder.
+
+    Returns:
+        The (C, m) float32 embeddings, or ``None``.
+    """
+    path = cache_dir / cache_file_name(key)
+    if not path.is_file():
+        return None
+    try:
+        tensor, _ = load_embeddings_file(path, key)
+    except (OSError, ValueError) as e:
+        warnings.warn(
+            f"ignoring the cached text embeddings {path}: {e}; recomputing them",
+            EmbeddingCacheWarning,
+            stacklevel=3,
+        )
+        return None
+    return tensor
+
+
+def write_cache_entry(
+    key: Mapping[str, Any],
+    embeddings: torch.Tensor,
+    cache_dir: Path,
+    provenance: Mapping[str, Any] | None = None,
+) -> Path | None:
+    """Store embeddings under ``key``; a cache folder that cannot be written only warns.
+
+    Args:
+        key: The cache key.
+        embeddings: (C, m) embeddings.
+        cache_dir: The cache folder.
+        provenance: Extra JSON-able information for the file's metadata.
+
+    Returns:
+        The file written, or ``None`` if it could not be written.
+    """
+    path = cache_dir / cache_file_name(key)
+    try:
+        return save_embeddings_file(path, embeddings, key, provenance)
+    except OSError as e:
+        warnings.warn(
+            f"could not store text embeddings in the cache folder {cache_dir} ({e}); they were "
+            f"computed and are used, but not cached (set {CACHE_ENV} or pass cache_dir= to a "
+            "writable folder)",
+            EmbeddingCacheWarning,
+            stacklevel=3,
+        )
+        return None

@@ -13,10 +13,10 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import tempfile
-import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +42,7 @@ from .class_lists import COCO_LT_CLASSES, VOC_LT_CLASSES
 
 __all__ = [
     "LT_BENCHMARKS",
+    "LT_SPLITS_BASE_URL",
     "ImageListEntries",
     "LTBenchmark",
     "MultiLabelImageList",
@@ -250,7 +251,7 @@ def download_lt_split(
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             data = response.read()
-    except (urllib.error.URLError, OSError) as e:
+    except (OSError, http.client.HTTPException) as e:
         raise OSError(
             f"could not download {url} ({e}). Without internet access, copy {rel} of the "
             f"official CPRFL repository (github.com/jiexuanyan/CPRFL, folder data/) to {dest}, "

@@ -166,19 +166,25 @@ def _benchmark_file(benchmark: str, split: str) -> tuple[LTBenchmark, str]:
 
 
 def default_cache_dir() -> Path:
-    """Return the cprfl_zoo cache folder.
+    """Return the folder that holds the cached benchmark list files.
 
-    ``$CPRFL_ZOO_CACHE`` if set, else ``$XDG_CACHE_HOME/cprfl_zoo``, else
-    ``~/.cache/cprfl_zoo``. The folder is not created.
+    Like the text-embedding cache (:mod:`cprfl_zoo.text_cache`), it lives under the cprfl_zoo
+    cache root: ``$CPRFL_ZOO_CACHE/lt_splits`` if that variable is set, else
+    ``$XDG_CACHE_HOME/cprfl_zoo/lt_splits``, else ``~/.cache/cprfl_zoo/lt_splits``. Files are
+    kept as ``coco/coco_lt_train.txt`` etc. below it. The folder is not created.
 
     Returns:
         The cache folder.
     """
     if os.environ.get("CPRFL_ZOO_CACHE"):
-        return Path(os.environ["CPRFL_ZOO_CACHE"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "cprfl_zoo"
-    return Path.home() / ".cache" / "cprfl_zoo"
+        return Path(os.environ["CPRFL_ZOO_CACHE"]).expanduser() / "lt_splits"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "cprfl_zoo" / "lt_splits"
+
+
+def _resolve_cache_dir(cache_dir: PathLike | None) -> Path:
+    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
 
 
 def _sha256(data: bytes) -> str:
@@ -211,13 +217,15 @@ def download_lt_split(
 
     The file is downloaded from ``base_url`` (default :data:`LT_SPLITS_BASE_URL`, the official
     CPRFL repository at a pinned commit) with urllib, checked against its published SHA-256
-    digest and written atomically to ``<cache_dir>/lt_splits/<files[split]>``. An existing
+    digest and written atomically to ``<cache_dir>/<files[split]>`` (e.g.
+    ``coco/coco_lt_train.txt``). An existing
     cached file is returned without any network access (and re-checked when ``verify``).
 
     Args:
         benchmark: ``"coco-lt"`` or ``"voc-lt"``.
         split: ``"train"``, ``"test"`` or ``"labels"`` (the ``name id`` class list).
-        cache_dir: Cache folder, default :func:`default_cache_dir`.
+        cache_dir: Cache folder (holding ``coco/`` and ``voc/``), default
+            :func:`default_cache_dir`.
         base_url: Folder URL (``https://``, ``http://`` or ``file://``) holding
             ``coco/...`` and ``voc/...``, e.g. a mirror.
         verify: Check the SHA-256 digest of the published file. Turn off only for a mirror
@@ -235,8 +243,7 @@ def download_lt_split(
             file by hand.
     """
     info, rel = _benchmark_file(benchmark, split)
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    dest = root / "lt_splits" / rel
+    dest = _resolve_cache_dir(cache_dir) / rel
     expected = info.sha256[split] if verify else None
     if dest.is_file() and not force:
         if expected is None or _sha256(dest.read_bytes()) == expected:
@@ -281,7 +288,8 @@ def lt_split_path(
         split: ``"train"``, ``"test"`` or ``"labels"``.
         root: A folder laid out like the official repository's ``data/`` (``coco/coco_lt_train.txt``
             ...); if given, only this folder is searched.
-        cache_dir: Cache folder, default :func:`default_cache_dir`.
+        cache_dir: Cache folder (holding ``coco/`` and ``voc/``), default
+            :func:`default_cache_dir`.
         download: Fetch the file into the cache with :func:`download_lt_split` if it is not
             there yet.
 
@@ -298,7 +306,7 @@ def lt_split_path(
         if not path.is_file():
             raise FileNotFoundError(f"{info.name} {split} list not found: {path}")
         return path
-    cached = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "lt_splits" / rel
+    cached = _resolve_cache_dir(cache_dir) / rel
     if cached.is_file():
         return cached
     if download:
@@ -579,7 +587,8 @@ def create_lt_dataset(
         image_root: Folder with the images (see :attr:`LTBenchmark.images`).
         transform: Image transform, e.g. ``create_transforms(model, is_training=True)``.
         split_root: Folder holding ``coco/...`` / ``voc/...`` list files; default the cache.
-        cache_dir: Cache folder, default :func:`default_cache_dir`.
+        cache_dir: Cache folder (holding ``coco/`` and ``voc/``), default
+            :func:`default_cache_dir`.
         download: Fetch the list into the cache if it is not there.
         check_files: See :class:`MultiLabelImageList`.
 

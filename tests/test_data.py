@@ -204,13 +204,13 @@ def test_real_split_files_match_pinned_digests_and_sizes(name):
 
 def test_default_cache_dir_env(monkeypatch, tmp_path):
     monkeypatch.setenv("CPRFL_ZOO_CACHE", str(tmp_path / "c"))
-    assert default_cache_dir() == tmp_path / "c"
+    assert default_cache_dir() == tmp_path / "c" / "lt_splits"
     monkeypatch.delenv("CPRFL_ZOO_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
-    assert default_cache_dir() == tmp_path / "x" / "cprfl_zoo"
+    assert default_cache_dir() == tmp_path / "x" / "cprfl_zoo" / "lt_splits"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert default_cache_dir() == tmp_path / "home" / ".cache" / "cprfl_zoo"
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "cprfl_zoo" / "lt_splits"
 
 
 def _mirror(tmp_path, content=b"x.jpg 0\n"):
@@ -226,7 +226,7 @@ def test_download_from_file_url_caches_atomically(tmp_path):
     path = download_lt_split(
         "voc-lt", "train", cache_dir=cache, base_url=mirror.as_uri(), verify=False
     )
-    assert path == cache / "lt_splits" / "voc" / "voc_lt_train.txt"
+    assert path == cache / "voc" / "voc_lt_train.txt"
     assert path.read_bytes() == b"x.jpg 0\n"
     assert [p.name for p in path.parent.iterdir()] == ["voc_lt_train.txt"]  # no temp files left
     # cache hit: the source is gone and the URL is unusable, the cached file is returned
@@ -245,7 +245,7 @@ def test_download_rejects_digest_mismatch(tmp_path):
         ValueError, match=r"voc_lt_train\.txt has SHA-256 [0-9a-f]{64}, expected 2111a5"
     ):
         download_lt_split("voc-lt", "train", cache_dir=cache, base_url=mirror.as_uri())
-    assert not (cache / "lt_splits" / "voc" / "voc_lt_train.txt").exists()
+    assert not (cache / "voc" / "voc_lt_train.txt").exists()
 
 
 def test_download_offline_error_says_what_to_do(tmp_path):
@@ -265,7 +265,7 @@ def test_download_bad_arguments(tmp_path):
 @needs_lt_splits
 def test_verified_cache_hit_and_re_download_of_a_bad_cached_copy(tmp_path):
     cache = tmp_path / "cache"
-    dest = cache / "lt_splits" / "voc" / "voc_lt_train.txt"
+    dest = cache / "voc" / "voc_lt_train.txt"
     dest.parent.mkdir(parents=True)
     dest.write_bytes((LT_SPLITS / "voc" / "voc_lt_train.txt").read_bytes())
     assert download_lt_split("voc-lt", "train", cache_dir=cache, base_url="file:///x") == dest

@@ -218,8 +218,8 @@ def download_lt_split(
     The file is downloaded from ``base_url`` (default :data:`LT_SPLITS_BASE_URL`, the official
     CPRFL repository at a pinned commit) with urllib, checked against its published SHA-256
     digest and written atomically to ``<cache_dir>/<files[split]>`` (e.g.
-    ``coco/coco_lt_train.txt``). An existing
-    cached file is returned without any network access (and re-checked when ``verify``).
+    ``coco/coco_lt_train.txt``). An existing cached file is returned without any network access
+    (and re-checked when ``verify``).
 
     Args:
         benchmark: ``"coco-lt"`` or ``"voc-lt"``.

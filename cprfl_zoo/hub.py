@@ -72,7 +72,7 @@ CPRFL_CITATION = """@inproceedings{yan2024cprfl,
 }"""
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(RuntimeError, ValueError):
     """The saved weights do not match the architecture their config describes."""
 
 

@@ -1,8 +1,18 @@
 """cprfl_zoo: CPRFL for long-tailed multi-label classification on any timm backbone."""
 
 from ._version import __version__
+from .convert import convert_official_checkpoint
 from .factory import create_cprfl
+from .losses import ASLSingleLabel, AsymmetricLoss
 from .model import CPRFL
 from .text import encode_class_names
 
-__all__ = ["CPRFL", "__version__", "create_cprfl", "encode_class_names"]
+__all__ = [
+    "CPRFL",
+    "ASLSingleLabel",
+    "AsymmetricLoss",
+    "__version__",
+    "convert_official_checkpoint",
+    "create_cprfl",
+    "encode_class_names",
+]

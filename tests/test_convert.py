@@ -494,3 +494,38 @@ def test_files_that_are_not_weights_only_checkpoints(tmp_path: Path) -> None:
     torch.save({"state_dict": {"fc.0.weight": [1, 2]}}, tmp_path / "lists.pth")
     with pytest.raises(ValueError, match=r"entry 'fc\.0\.weight' of the state dict is list"):
         convert_official_checkpoint(tmp_path / "lists.pth", "coco-lt")
+
+
+# ---------------------------------------------------------------------- command line
+def test_cli_convert_official(tiny, images, tiny_reference, tmp_path: Path, capsys) -> None:
+    from cprfl_zoo.cli import main
+
+    ckpt = _save_checkpoint(tiny[0], tmp_path / "voc_best.pth.tar")
+    out = tmp_path / "cprfl-resnet18-voc-lt"
+    argv = ["convert-official", str(ckpt), "--classes", "voc-lt", "--out", str(out)]
+    assert main([*argv, "--num-heads", str(HEADS), "--repo-id", "me/voc"]) == 0
+    assert "20 classes" in capsys.readouterr().out
+    loaded = CPRFL.from_pretrained(out).eval()
+    assert loaded.class_names == list(VOC_LT_CLASSES)
+    with torch.no_grad():
+        _close(loaded(images), tiny_reference)
+    assert 'from_pretrained("me/voc")' in (out / "README.md").read_text()
+    # an existing model is not replaced silently; errors are reported, not raised
+    assert main([*argv, "--num-heads", str(HEADS)]) == 1
+    assert "already holds a saved model; pass --overwrite" in capsys.readouterr().err
+    assert main([*argv, "--num-heads", "3", "--overwrite"]) == 1
+    assert "not divisible by num_heads=3" in capsys.readouterr().err
+    names = tmp_path / "names.txt"
+    names.write_text("cat\ndog\n\n")
+    assert main([*argv, "--classes", str(names), "--num-heads", str(HEADS), "--overwrite"]) == 0
+    assert CPRFL.from_pretrained(out).class_names == ["cat", "dog"]
+
+
+def test_linear_pi_with_dropout_keys_map_to_the_linear_pi() -> None:
+    # label_emb_drop=True with nonlinear=False: Sequential(Linear, Dropout) -> label_emb.0.*
+    from cprfl_zoo.convert import _map_head
+
+    sd = {"label_emb.0.weight": torch.zeros(4, 3), "label_emb.0.bias": torch.zeros(4)}
+    mapped, linear, unknown = _map_head(sd)
+    assert linear is True and unknown == []
+    assert mapped.keys() == {"prompt_init.net.weight", "prompt_init.net.bias"}

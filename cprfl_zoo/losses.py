@@ -133,7 +133,7 @@ def _loss_terms_grad(
         d_neg = pq.mul_(_pow(p_m, gn)).div_(neg_one_minus_pm)
     else:
         # log(1-p_m)/p_m tends to -1 as p_m -> 0; evaluate it on a safe argument there.
-        safe = torch.where(p_m > 0, p_m, 1.0)
+        safe = torch.where(p_m > 0, p_m, 0.5)
         ratio = torch.log1p(-safe).div_(safe)
         inner = torch.add(neg_one_minus_pm.reciprocal_(), ratio, alpha=gn)
         d_neg = pq.mul_(_pow(p_m, gn)).mul_(inner)

@@ -1,0 +1,508 @@
+"""Tests for cprfl_zoo.losses: ASL against its formula, the reference procedure, and edge cases."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from cprfl_zoo.losses import UNKNOWN_TARGET, ASLSingleLabel, AsymmetricLoss, asymmetric_loss
+
+REDUCTIONS = ("sum", "mean", "batchmean", "none")
+# (gamma_pos, gamma_neg, clip): reference and CPRFL defaults, plain BCE with and without the
+# margin, no margin with focusing, non-integer exponents, a wide margin.
+SETTINGS = [
+    (1.0, 4.0, 0.05),
+    (0.0, 4.0, 0.05),
+    (0.0, 0.0, 0.0),
+    (0.0, 0.0, 0.05),
+    (2.0, 3.0, 0.0),
+    (1.5, 2.5, 0.1),
+    (4.0, 1.0, 0.2),
+]
+
+
+def formula_loss(x, y, gamma_pos, gamma_neg, clip, detach, reduction, weight=None, known=None):
+    """The ASL definition written out: p = σ(x), p_m = max(p - m, 0)."""
+    p = torch.sigmoid(x)
+    p_m = torch.clamp(p - clip, min=0)
+    w_pos = (1 - p) ** gamma_pos
+    w_neg = p_m**gamma_neg
+    if detach:
+        w_pos, w_neg = w_pos.detach(), w_neg.detach()
+    per_label = -(y * w_pos * torch.log(p) + (1 - y) * w_neg * torch.log(1 - p_m))
+    if weight is not None:
+        per_label = per_label * weight
+    if known is not None:
+        per_label = torch.where(known, per_label, torch.zeros_like(per_label))
+    if reduction == "none":
+        return per_label
+    if reduction == "sum":
+        return per_label.sum()
+    if reduction == "batchmean":
+        return per_label.sum() / x.shape[0]
+    count = x.numel() if known is None else known.sum().clamp(min=1)
+    return per_label.sum() / count
+
+
+def reference_procedure(x, y, gamma_neg, gamma_pos, clip, eps=1e-8):
+    """The reference repository's computation (clamped logs, weight built without gradient)."""
+    xs_pos = torch.sigmoid(x)
+    xs_neg = 1 - xs_pos
+    if clip is not None and clip > 0:
+        xs_neg = (xs_neg + clip).clamp(max=1)
+    loss = y * torch.log(xs_pos.clamp(min=eps)) + (1 - y) * torch.log(xs_neg.clamp(min=eps))
+    if gamma_neg > 0 or gamma_pos > 0:
+        with torch.no_grad():
+            pt = xs_pos * y + xs_neg * (1 - y)
+            w = torch.pow(1 - pt, gamma_pos * y + gamma_neg * (1 - y))
+        loss = loss * w
+    return -loss.sum()
+
+
+def make_batch(shape=(6, 9), seed=0, dtype=torch.float64, soft=True):
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=gen, dtype=dtype) * 3).requires_grad_()
+    y = (torch.rand(shape, generator=gen) < 0.4).to(dtype)
+    if soft:
+        y[0] = torch.rand(shape[1:], generator=gen, dtype=dtype)
+    return x, y
+
+
+def value_and_grad(fn, x, y, upstream_seed=1):
+    out = fn(x, y)
+    upstream = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(1))
+    (grad,) = torch.autograd.grad(out, x, upstream)
+    return out.detach(), grad
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("detach", [True, False], ids=["detached-weight", "full-grad"])
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: "gp{}-gn{}-m{}".format(*s))
+def test_values_and_gradients_match_formula(setting, detach, reduction):
+    gamma_pos, gamma_neg, clip = setting
+    x, y = make_batch()
+    loss_fn = AsymmetricLoss(
+        gamma_neg=gamma_neg,
+        gamma_pos=gamma_pos,
+        clip=clip,
+        disable_torch_grad_focal_loss=detach,
+        reduction=reduction,
+    )
+    got, got_grad = value_and_grad(loss_fn, x, y)
+    want, want_grad = value_and_grad(
+        lambda a, b: formula_loss(a, b, gamma_pos, gamma_neg, clip, detach, reduction), x, y
+    )
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-6, atol=1e-6)
+
+
+def test_detached_and_full_gradients_differ():
+    x, y = make_batch(soft=False)
+    grads = [
+        value_and_grad(AsymmetricLoss(disable_torch_grad_focal_loss=d), x, y)[1]
+        for d in (True, False)
+    ]
+    assert (grads[0] - grads[1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: "gp{}-gn{}-m{}".format(*s))
+def test_matches_reference_procedure_for_hard_targets(setting):
+    gamma_pos, gamma_neg, clip = setting
+    x, y = make_batch(soft=False)
+    got, got_grad = value_and_grad(
+        AsymmetricLoss(gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip), x, y
+    )
+    want, want_grad = value_and_grad(
+        lambda a, b: reference_procedure(a, b, gamma_neg, gamma_pos, clip), x, y
+    )
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-9, atol=1e-9)
+
+
+def test_reference_signature_and_defaults():
+    loss_fn = AsymmetricLoss(4, 1, 0.05, 1e-8, True)
+    default = AsymmetricLoss()
+    for m in (loss_fn, default):
+        assert (m.gamma_neg, m.gamma_pos, m.clip, m.eps) == (4, 1, 0.05, 1e-8)
+        assert m.disable_torch_grad_focal_loss is True
+        assert m.reduction == "sum"
+    # clip=None, as the reference allows, means no margin.
+    x, y = make_batch(soft=False)
+    torch.testing.assert_close(
+        AsymmetricLoss(clip=None)(x, y), AsymmetricLoss(clip=0)(x, y), rtol=0, atol=0
+    )
+
+
+def test_float32_matches_float64():
+    x64, y64 = make_batch(shape=(16, 40))
+    x32 = x64.detach().float().requires_grad_()
+    for loss_fn in (AsymmetricLoss(), AsymmetricLoss(0, 0, 0), AsymmetricLoss(reduction="mean")):
+        got, got_grad = value_and_grad(loss_fn, x32, y64.float())
+        want, want_grad = value_and_grad(loss_fn, x64, y64)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got_grad.double(), want_grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("clip", [0.05, 0.0])
+@pytest.mark.parametrize("target_value", [0.0, 1.0])
+def test_extreme_logits_finite(dtype, clip, target_value):
+    x = torch.tensor([[100.0, -100.0, 30.0, -30.0, 0.0, 3e4, -3e4]], dtype=dtype).repeat(3, 1)
+    x.requires_grad_()
+    y = torch.full(x.shape, target_value)
+    for detach in (True, False):
+        loss = AsymmetricLoss(clip=clip, disable_torch_grad_focal_loss=detach)(x, y)
+        (grad,) = torch.autograd.grad(loss, x)
+        assert loss.dtype == torch.float32
+        assert torch.isfinite(loss)
+        assert torch.isfinite(grad).all()
+        assert grad.dtype == dtype
+    if dtype == torch.float32 and target_value == 1.0 and clip == 0.05:
+        # A confidently wrong positive (x = -100) keeps its full gradient -(1-p)^γ·(1-p) ≈ -1
+        # and its loss 100; the reference's log(p.clamp(eps)) would give 18.4 and no gradient.
+        loss = AsymmetricLoss(gamma_pos=1)(x[:1], y[:1])
+        (grad,) = torch.autograd.grad(loss, x)
+        assert grad[0, 1].item() == pytest.approx(-1.0)
+        assert loss.item() > 100.0
+
+
+def test_half_precision_matches_float32():
+    x, y = make_batch(shape=(8, 20), dtype=torch.float32)
+    for dtype in (torch.float16, torch.bfloat16):
+        xh = x.detach().to(dtype).requires_grad_()
+        got, got_grad = value_and_grad(AsymmetricLoss(), xh, y)
+        want, want_grad = value_and_grad(AsymmetricLoss(), xh.detach().float().requires_grad_(), y)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got_grad.float(), want_grad, rtol=1e-2, atol=1e-2)
+
+
+def test_autocast_computes_in_float32():
+    x, y = make_batch(shape=(4, 8), dtype=torch.float32, soft=False)
+    layer = torch.nn.Linear(8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = layer(x)
+        assert logits.dtype == torch.bfloat16
+        loss = AsymmetricLoss(reduction="mean")(logits, y)
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert torch.isfinite(layer.weight.grad).all()
+    want = AsymmetricLoss(reduction="mean")(logits.detach().float(), y)
+    torch.testing.assert_close(loss.detach(), want, rtol=0, atol=0)
+
+
+def test_target_dtypes_give_the_same_loss():
+    x, y = make_batch(soft=False)
+    want, want_grad = value_and_grad(AsymmetricLoss(), x, y)
+    for targets in (y.bool(), y.long(), y.to(torch.uint8), y.float(), y.half()):
+        got, got_grad = value_and_grad(AsymmetricLoss(), x, targets)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        torch.testing.assert_close(got_grad, want_grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_unknown_labels_by_marker_and_by_mask(reduction):
+    x, y = make_batch(soft=False)
+    known = torch.rand(y.shape, generator=torch.Generator().manual_seed(3)) > 0.3
+    y_marked = torch.where(known, y, torch.full_like(y, UNKNOWN_TARGET))
+    loss_fn = AsymmetricLoss(reduction=reduction)
+    by_marker, grad_marker = value_and_grad(loss_fn, x, y_marked)
+    by_mask, grad_mask = value_and_grad(lambda a, b: loss_fn(a, b, mask=known), x, y)
+    want, want_grad = value_and_grad(
+        lambda a, b: formula_loss(a, b, 1, 4, 0.05, True, reduction, known=known), x, y
+    )
+    for got, got_grad in ((by_marker, grad_marker), (by_mask, grad_mask)):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(got_grad, want_grad, rtol=1e-9, atol=1e-9)
+        assert (got_grad[~known] == 0).all()
+    # Integer targets with the marker behave the same.
+    by_int, _ = value_and_grad(loss_fn, x, y_marked.long())
+    torch.testing.assert_close(by_int, want, rtol=1e-9, atol=1e-9)
+
+
+def test_mean_over_known_labels_equals_mean_over_the_known_subset():
+    x, y = make_batch(soft=False)
+    known = torch.zeros_like(y, dtype=torch.bool)
+    known[:, :4] = True
+    masked = AsymmetricLoss(reduction="mean")(x, y, mask=known)
+    subset = AsymmetricLoss(reduction="mean")(x[:, :4], y[:, :4])
+    torch.testing.assert_close(masked, subset, rtol=1e-12, atol=1e-12)
+
+
+def test_broadcast_mask_and_nothing_known():
+    x, y = make_batch(soft=False)
+    row_mask = torch.tensor([True, False, True, True, False, True]).unsqueeze(1)
+    got = AsymmetricLoss()(x, y, mask=row_mask)
+    want = AsymmetricLoss()(x[row_mask[:, 0]], y[row_mask[:, 0]])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    loss = AsymmetricLoss(reduction="mean")(x, torch.full_like(y, UNKNOWN_TARGET))
+    assert loss.item() == 0.0
+    (grad,) = torch.autograd.grad(loss, x)
+    assert (grad == 0).all()
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_class_weights(reduction):
+    x, y = make_batch()
+    weight = torch.linspace(0.0, 2.0, x.shape[1], dtype=torch.float64)
+    loss_fn = AsymmetricLoss(reduction=reduction, class_weight=weight.tolist())
+    got, got_grad = value_and_grad(loss_fn, x, y)
+    want, want_grad = value_and_grad(
+        lambda a, b: formula_loss(a, b, 1, 4, 0.05, True, reduction, weight=weight), x, y
+    )
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-6, atol=1e-6)
+    # The weights are a non-persistent buffer: they follow .to() but stay out of state_dict.
+    assert "class_weight" not in loss_fn.state_dict()
+    assert loss_fn.to(torch.float64).class_weight is not None
+
+
+def test_soft_targets_weight_the_two_terms():
+    x = torch.tensor([[0.3, -1.2]], dtype=torch.float64)
+    y_soft = torch.tensor([[0.25, 0.7]], dtype=torch.float64)
+    loss_fn = AsymmetricLoss(reduction="none")
+    pos = loss_fn(x, torch.ones_like(x))
+    neg = loss_fn(x, torch.zeros_like(x))
+    torch.testing.assert_close(
+        loss_fn(x, y_soft), y_soft * pos + (1 - y_soft) * neg, rtol=1e-12, atol=1e-12
+    )
+
+
+def test_no_state_kept_between_calls():
+    loss_fn = AsymmetricLoss()
+    x, y = make_batch()
+    loss_fn(x, y).backward()
+    tensors = [k for k, v in vars(loss_fn).items() if isinstance(v, torch.Tensor)]
+    assert tensors == []
+    assert all(v is None for v in loss_fn._buffers.values())
+    assert loss_fn.state_dict() == {}
+
+
+def test_no_grad_stays_in_force():
+    x, y = make_batch()
+    for detach in (True, False):
+        loss_fn = AsymmetricLoss(disable_torch_grad_focal_loss=detach)
+        with torch.no_grad():
+            loss = loss_fn(x, y)
+            assert not torch.is_grad_enabled()
+        assert not loss.requires_grad
+        assert torch.is_grad_enabled()
+        loss_fn(x, y)
+        assert torch.is_grad_enabled()
+
+
+def test_torch_compile_matches_eager():
+    torch._dynamo.reset()
+    x, y = make_batch(shape=(4, 6), dtype=torch.float32)
+    mask = torch.ones_like(y, dtype=torch.bool)
+    mask[0, 0] = False
+    loss_fn = AsymmetricLoss(gamma_pos=0, reduction="mean")
+    compiled = torch.compile(loss_fn, backend="aot_eager", fullgraph=True)
+    got, got_grad = value_and_grad(lambda a, b: compiled(a, b, mask=mask), x, y)
+    want, want_grad = value_and_grad(lambda a, b: loss_fn(a, b, mask=mask), x, y)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-6, atol=1e-6)
+
+
+def test_functional_form_matches_module():
+    x, y = make_batch()
+    got = asymmetric_loss(x, y, gamma_pos=0, reduction="batchmean")
+    want = AsymmetricLoss(gamma_pos=0, reduction="batchmean")(x, y)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_trailing_dimensions():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 5, generator=gen, dtype=torch.float64)
+    y = (torch.rand(2, 3, 5, generator=gen) > 0.5).double()
+    got = AsymmetricLoss(reduction="batchmean", class_weight=[1, 2, 3, 4, 5])(x, y)
+    want = formula_loss(x, y, 1, 4, 0.05, True, "sum", weight=torch.arange(1, 6)) / 2
+    torch.testing.assert_close(got, want.double(), rtol=1e-9, atol=1e-9)
+
+
+def test_double_backward_is_refused():
+    # The analytic backward is not itself differentiable; asking for it fails loudly.
+    x, y = make_batch()
+    loss = AsymmetricLoss(reduction="none")(x, y)
+    upstream = torch.ones_like(loss, requires_grad=True)
+    (grad,) = torch.autograd.grad(loss, x, upstream, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"gamma_neg": -1}, "gamma_neg must be"),
+        ({"gamma_pos": float("nan")}, "gamma_pos must be"),
+        ({"clip": 1.0}, r"clip must be in \[0, 1\)"),
+        ({"clip": -0.1}, r"clip must be in \[0, 1\)"),
+        ({"eps": -1e-8}, "eps must be"),
+        ({"reduction": "avg"}, "reduction must be one of"),
+        ({"class_weight": [[1.0, 2.0]]}, "class_weight must be a 1-D"),
+        ({"class_weight": [1.0, -2.0]}, "class_weight must be finite and non-negative"),
+    ],
+)
+def test_bad_hyperparameters(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AsymmetricLoss(**kwargs)
+
+
+def test_bad_inputs():
+    loss_fn = AsymmetricLoss()
+    x = torch.randn(3, 4)
+    y = torch.zeros(3, 4)
+    with pytest.raises(ValueError, match=r"targets shape \(3, 5\) does not match logits shape"):
+        loss_fn(x, torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        loss_fn(x[0], y[0])
+    with pytest.raises(TypeError, match="logits must be a floating-point tensor"):
+        loss_fn(x.long(), y)
+    with pytest.raises(TypeError, match="logits and targets must be tensors"):
+        loss_fn(x, y.tolist())
+    bad = y.clone()
+    bad[2, 3] = 1.5
+    with pytest.raises(ValueError, match=r"got values in \[0, 1.5\]"):
+        loss_fn(x, bad)
+    bad[2, 3] = -2.0
+    with pytest.raises(ValueError, match=r"got values in \[-2, 0\]"):
+        loss_fn(x, bad)
+    bad = y.clone()
+    bad[1, 2] = -0.5
+    with pytest.raises(ValueError, match=r"1 value\(s\) in \(-1, 0\), e.g. -0.5"):
+        loss_fn(x, bad)
+    with pytest.raises(ValueError, match="targets contain NaN"):
+        loss_fn(x, torch.full((3, 4), float("nan")))
+    for value in (float("nan"), float("inf"), float("-inf")):
+        x_bad = x.clone()
+        x_bad[0, 0] = value
+        with pytest.raises(ValueError, match=r"logits contain 1 non-finite value\(s\)"):
+            loss_fn(x_bad, y)
+    with pytest.raises(TypeError, match="mask must be a bool tensor"):
+        loss_fn(x, y, mask=torch.ones(3, 4))
+    with pytest.raises(ValueError, match=r"mask shape \(2, 4\) does not broadcast"):
+        loss_fn(x, y, mask=torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="class_weight has shape"):
+        AsymmetricLoss(class_weight=[1.0, 2.0])(x, y)
+
+
+def test_large_finite_logits_are_not_reported_as_non_finite():
+    # Their sum overflows float32; the fallback check must still accept them.
+    x = torch.full((2, 4), 3.0e38)
+    assert torch.isfinite(AsymmetricLoss()(x, torch.zeros(2, 4)))
+
+
+def test_validate_false_skips_value_checks_only():
+    loss_fn = AsymmetricLoss(validate=False)
+    x = torch.randn(3, 4)
+    assert torch.isfinite(loss_fn(x, torch.full((3, 4), 1.0)))
+    with pytest.raises(ValueError, match="does not match logits shape"):
+        loss_fn(x, torch.zeros(4, 3))
+
+
+# --- single label ---------------------------------------------------------------------------
+
+
+def formula_single_label(x, target, gamma_pos, gamma_neg, eps, reduction):
+    num_classes = x.shape[-1]
+    log_p = torch.log_softmax(x, dim=-1)
+    p = log_p.exp()
+    onehot = torch.nn.functional.one_hot(target, num_classes).to(x.dtype)
+    weight = onehot * (1 - p) ** gamma_pos + (1 - onehot) * p**gamma_neg
+    smoothed = onehot * (1 - eps) + eps / num_classes
+    loss = -(smoothed * weight * log_p).sum(-1)
+    return {"mean": loss.mean(), "sum": loss.sum(), "none": loss}[reduction]
+
+
+@pytest.mark.parametrize(
+    ("gamma_pos", "gamma_neg", "eps", "reduction"),
+    list(itertools.product([0.0, 1.0, 0.5], [4.0, 0.0], [0.1, 0.0], ["mean", "sum", "none"])),
+)
+def test_single_label_matches_formula(gamma_pos, gamma_neg, eps, reduction):
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(5, 7, generator=gen, dtype=torch.float64) * 2).requires_grad_()
+    target = torch.randint(0, 7, (5,), generator=gen)
+    loss_fn = ASLSingleLabel(gamma_pos, gamma_neg, eps, reduction)
+    got, got_grad = value_and_grad(loss_fn, x, target)
+    want, want_grad = value_and_grad(
+        lambda a, b: formula_single_label(a, b, gamma_pos, gamma_neg, eps, reduction), x, target
+    )
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-9, atol=1e-9)
+
+
+def test_single_label_defaults_and_reduction_override():
+    loss_fn = ASLSingleLabel()
+    assert (loss_fn.gamma_pos, loss_fn.gamma_neg, loss_fn.eps, loss_fn.reduction) == (
+        0,
+        4,
+        0.1,
+        "mean",
+    )
+    x = torch.randn(4, 3, dtype=torch.float64)
+    target = torch.tensor([0, 2, 1, 2])
+    per_sample = loss_fn(x, target, reduction="none")
+    assert per_sample.shape == (4,)
+    torch.testing.assert_close(loss_fn(x, target), per_sample.mean(), rtol=0, atol=1e-15)
+
+
+def test_single_label_half_precision_extreme_logits():
+    x = torch.tensor([[100.0, -100.0, 0.0], [-100.0, 100.0, 50.0]], dtype=torch.float16)
+    x.requires_grad_()
+    for target in (torch.tensor([0, 1]), torch.tensor([1, 0])):
+        loss = ASLSingleLabel(gamma_pos=0.5)(x, target)
+        (grad,) = torch.autograd.grad(loss, x)
+        assert loss.dtype == torch.float32
+        assert torch.isfinite(loss) and torch.isfinite(grad).all()
+
+
+def test_single_label_bad_inputs():
+    loss_fn = ASLSingleLabel()
+    x = torch.randn(3, 4)
+    with pytest.raises(TypeError, match="target must hold class indices"):
+        loss_fn(x, torch.zeros(3))
+    with pytest.raises(ValueError, match=r"target class indices must be in \[0, 4\)"):
+        loss_fn(x, torch.tensor([0, 4, 1]))
+    with pytest.raises(ValueError, match=r"target shape \(2,\) does not match batch size 3"):
+        loss_fn(x, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"shape \(batch, num_classes\)"):
+        loss_fn(x[0], torch.tensor(0))
+    x_bad = x.clone()
+    x_bad[1, 1] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        loss_fn(x_bad, torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        loss_fn(x, torch.tensor([0, 1, 2]), reduction="batchmean")
+    with pytest.raises(ValueError, match=r"eps \(label smoothing\) must be in \[0, 1\]"):
+        ASLSingleLabel(eps=1.5)
+
+
+# --- import isolation -----------------------------------------------------------------------
+
+
+def test_import_does_not_load_open_clip():
+    code = textwrap.dedent(
+        """
+        import sys
+        import cprfl_zoo.losses
+        assert "open_clip" not in sys.modules, "cprfl_zoo.losses imported open_clip"
+        from cprfl_zoo import ASLSingleLabel, AsymmetricLoss
+        assert "open_clip" not in sys.modules, "from cprfl_zoo import AsymmetricLoss: open_clip"
+        print("ok")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

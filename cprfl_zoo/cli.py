@@ -1,0 +1,276 @@
+"""The ``cprfl-zoo`` command line.
+
+Each subcommand is a pair of functions: ``_add_<name>(subparsers)`` declares its arguments and
+sets ``func`` to ``_run_<name>(args) -> int``; :data:`_COMMANDS` lists the declarations. To add a
+subcommand, write such a pair and append its ``_add_`` function to :data:`_COMMANDS`.
+
+``cprfl-zoo embed`` fills the class-embedding cache, e.g. on a machine with internet before
+training offline::
+
+    cprfl-zoo embed --classes classes.txt --model RN50-quickgelu --pretrained openai
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ._version import __version__
+
+__all__ = ["build_parser", "main"]
+
+_logger = logging.getLogger(__name__)
+
+
+class CommandError(Exception):
+    """A subcommand failed for a reason the user can fix; reported without a traceback."""
+
+
+# ---------------------------------------------------------------------- embed
+def read_class_names(source: str) -> list[str]:
+    """Read class names from a file (one per line) or a built-in list name.
+
+    Args:
+        source: A text file with one class name per line (blank lines are skipped, surrounding
+            spaces removed), or ``"coco-lt"`` / ``"voc-lt"``.
+
+    Returns:
+        The class names, in order.
+
+    Raises:
+        CommandError: If the file does not exist and ``source`` is no built-in list, or the file
+            holds no names.
+    """
+    from .class_lists import get_class_names
+
+    path = Path(source)
+    if not path.is_file():
+        try:
+            return get_class_names(source)
+        except ValueError:
+            raise CommandError(
+                f"--classes {source}: no such file, and not a built-in list (coco-lt, voc-lt)"
+            ) from None
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    names = [n for n in names if n]
+    if not names:
+        raise CommandError(f"--classes {source}: the file holds no class names")
+    return names
+
+
+def _add_embed(subparsers: argparse._SubParsersAction) -> None:
+    from .text import DEFAULT_MODEL_NAME
+
+    p = subparsers.add_parser(
+        "embed",
+        help="compute class-name text embeddings and store them in the cache",
+        description=(
+            "Compute CLIP text embeddings of class names and store them in the cprfl_zoo cache "
+            "(and optionally a file), e.g. on a machine with internet before training offline. "
+            "The defaults reproduce the official CPRFL code."
+        ),
+    )
+    p.add_argument(
+        "--classes",
+        required=True,
+        help="text file with one class name per line, or a built-in list (coco-lt, voc-lt)",
+    )
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL_NAME,
+        help="open_clip model name, hf-hub:<id> or local-dir:<folder> (default: %(default)s)",
+    )
+    p.add_argument(
+        "--pretrained",
+        default=None,
+        help="pretrained tag or local checkpoint file of a built-in model name "
+        "(default: 'openai' where the model has it)",
+    )
+    p.add_argument(
+        "--template",
+        action="append",
+        dest="templates",
+        metavar="TEMPLATE",
+        help="prompt template with one {} (repeat for an ensemble; default: 'a photo of a {}.')",
+    )
+    norm = p.add_mutually_exclusive_group()
+    norm.add_argument(
+        "--normalize",
+        dest="normalize",
+        action="store_true",
+        default=None,
+        help="L2-normalise the embeddings (always done when several templates are given)",
+    )
+    norm.add_argument(
+        "--no-normalize", dest="normalize", action="store_false", help="do not normalise"
+    )
+    p.add_argument("--cache-dir", default=None, help="cache folder (default: the cprfl_zoo cache)")
+    p.add_argument(
+        "--output", default=None, help="also write the embeddings to this safetensors file"
+    )
+    p.add_argument("--batch-size", type=int, default=256, help="prompts encoded at once")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    p.add_argument(
+        "--model-config",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="register an extra open_clip model config file (or folder) before loading",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_run_embed)
+
+
+def _run_embed(args: argparse.Namespace) -> int:
+    from .text import encode_class_names_info
+    from .text_cache import save_embeddings_file
+
+    if args.batch_size <= 0:
+        raise CommandError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.model_config:
+        import open_clip
+
+        for path in args.model_config:
+            if not Path(path).exists():
+                raise CommandError(f"--model-config {path}: no such file or folder")
+            open_clip.add_model_config(path)
+    names = read_class_names(args.classes)
+    result = encode_class_names_info(
+        names,
+        args.model,
+        args.pretrained,
+        args.templates,
+        normalize=args.normalize,
+        cache_dir=args.cache_dir,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=False if args.no_progress else None,
+    )
+    emb = result.embeddings
+    print(f"{len(names)} classes -> embeddings {tuple(emb.shape)} float32 ({args.model})")
+    if result.cache_file is not None:
+        state = "already cached" if result.from_cache else "cached"
+        print(f"{state}: {result.cache_file}")
+    if args.output:
+        from .text import TextEncoderSpec
+
+        spec = TextEncoderSpec.resolve(args.model, args.pretrained, args.templates, args.normalize)
+        path = save_embeddings_file(
+            args.output, emb, spec.cache_key(names), result.text_encoder_cfg
+        )
+        print(f"written: {path}")
+    elif result.cache_file is None:
+        raise CommandError(
+            "the embeddings could not be stored in the cache (see the warning above); pass a "
+            "writable --cache-dir or --output FILE"
+        )
+    return 0
+
+
+# ---------------------------------------------------------------------- convert-official
+def _add_convert_official(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "convert-official",
+        help="convert a checkpoint of the official CPRFL code into a saved cprfl_zoo model",
+        description=(
+            "Convert a checkpoint trained with the official CPRFL code (jiexuanyan/CPRFL) into a "
+            "cprfl_zoo model folder (config.json + model.safetensors + README.md) that "
+            "CPRFL.from_pretrained and timm.create_model('local-dir:...') load. The checkpoint "
+            "is read with torch.load(weights_only=True)."
+        ),
+    )
+    p.add_argument("checkpoint", metavar="CKPT", help="the official .pth / .pth.tar checkpoint")
+    p.add_argument(
+        "--classes",
+        required=True,
+        help="class names in training order: a built-in list (coco-lt, voc-lt) or a text file "
+        "with one name per line",
+    )
+    p.add_argument("--out", required=True, help="folder to write the converted model to")
+    p.add_argument(
+        "--num-heads", type=int, default=8, help="VSI attention heads, head_num (default: 8)"
+    )
+    p.add_argument(
+        "--trainable-text-encoder",
+        action="store_true",
+        help="keep the fine-tuned CLIP text tower in the model (for further training)",
+    )
+    p.add_argument("--repo-id", default=None, help="Hub repo id shown in the model card")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a model already saved in --out"
+    )
+    p.set_defaults(func=_run_convert_official)
+
+
+def _run_convert_official(args: argparse.Namespace) -> int:
+    from .convert import convert_official_checkpoint
+    from .hub import CONFIG_NAME
+
+    out = Path(args.out)
+    if (out / CONFIG_NAME).exists() and not args.overwrite:
+        raise CommandError(f"--out {out} already holds a saved model; pass --overwrite to replace")
+    names = read_class_names(args.classes)
+    model = convert_official_checkpoint(
+        args.checkpoint,
+        names,
+        num_heads=args.num_heads,
+        trainable_text_encoder=args.trainable_text_encoder,
+    )
+    model.save_pretrained(out, repo_id=args.repo_id)
+    args_ = model.model_args
+    print(
+        f"converted {args.checkpoint}: {args_['backbone']}, {model.num_classes} classes, "
+        f"d={args_['dim']}, embeddings {tuple(model.class_embeddings.shape)}"
+    )
+    print(f"written: {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------- main
+_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_embed, _add_convert_official]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the ``cprfl-zoo`` argument parser with every subcommand of :data:`_COMMANDS`.
+
+    Returns:
+        The parser.
+    """
+    parser = argparse.ArgumentParser(
+        prog="cprfl-zoo", description="Tools for cprfl_zoo, CPRFL on any timm backbone."
+    )
+    parser.add_argument("--version", action="version", version=f"cprfl-zoo {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (repeat for debug)"
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in _COMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``cprfl-zoo`` command line.
+
+    Args:
+        argv: Arguments without the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0 on success, 1 when the command failed, 2 for bad usage.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except (CommandError, ValueError, OSError, RuntimeError) as e:
+        print(f"cprfl-zoo {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -155,11 +155,12 @@ class _AsymmetricLossFn(torch.autograd.Function):
         clip: float,
         detach_weight: bool,
     ) -> torch.Tensor:
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            terms = _loss_terms(x, y, gamma_pos, gamma_neg, clip)
-            if coef is not None:
-                terms.mul_(coef)
-            out = terms.neg_() if scale is None else terms.sum().mul_(-scale)
+        # x and y are float32/float64 already and every op here is elementwise or a sum, which
+        # autocast leaves in the input precision, so no autocast handling is needed.
+        terms = _loss_terms(x, y, gamma_pos, gamma_neg, clip)
+        if coef is not None:
+            terms.mul_(coef)
+        out = terms.neg_() if scale is None else terms.sum().mul_(-scale)
         if isinstance(scale, torch.Tensor):
             ctx.save_for_backward(x, y, coef, scale)
             ctx.scale = None
@@ -176,15 +177,26 @@ class _AsymmetricLossFn(torch.autograd.Function):
         scale = rest[0] if rest else ctx.scale
         grad_x = None
         if ctx.needs_input_grad[0]:
-            with torch.autocast(device_type=x.device.type, enabled=False):
-                grad_x = _loss_terms_grad(x, y, *ctx.hyper)
-                if scale is None:
-                    grad_x.mul_(grad_out).neg_()
-                else:
-                    grad_x.mul_(grad_out * -scale)
-                if coef is not None:
-                    grad_x.mul_(coef)
+            grad_x = _loss_terms_grad(x, y, *ctx.hyper)
+            if scale is None:
+                grad_x.mul_(grad_out).neg_()
+            else:
+                grad_x.mul_(grad_out * -scale)
+            if coef is not None:
+                grad_x.mul_(coef)
         return grad_x, None, None, None, None, None, None, None
+
+
+def _check_class_weight(weight: torch.Tensor) -> None:
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"class_weight must be a tensor, got {type(weight).__name__}")
+    if weight.ndim != 1 or weight.numel() == 0:
+        raise ValueError(
+            f"class_weight must be a 1-D sequence of per-class weights, got shape "
+            f"{tuple(weight.shape)}"
+        )
+    if not bool(torch.isfinite(weight).all()) or bool((weight < 0).any()):
+        raise ValueError("class_weight must be finite and non-negative")
 
 
 def _check_multilabel_shapes(
@@ -244,7 +256,8 @@ def _check_multilabel_values(logits: torch.Tensor, targets: torch.Tensor) -> boo
     stats = [logits.detach().sum(dtype=torch.float32 if logits.itemsize < 4 else None)]
     if targets.dtype != torch.bool:
         stats += torch.aminmax(targets.detach())
-    values = torch.stack([s.to(stats[0].dtype) for s in stats]).tolist()
+    dtype = stats[0].dtype
+    values = torch.stack([s if s.dtype == dtype else s.to(dtype) for s in stats]).tolist()
     if not math.isfinite(values[0]):
         bad = int((~torch.isfinite(logits.detach())).sum())
         if bad:
@@ -314,6 +327,35 @@ def asymmetric_loss(
     _check_hyperparameters(float(gamma_pos), float(gamma_neg), clip, 0.0)
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if class_weight is not None:
+        _check_class_weight(class_weight)
+    return _asymmetric_loss(
+        logits,
+        targets,
+        float(gamma_neg),
+        float(gamma_pos),
+        clip,
+        bool(detach_focal_weight),
+        reduction,
+        mask,
+        class_weight,
+        validate,
+    )
+
+
+def _asymmetric_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    gamma_neg: float,
+    gamma_pos: float,
+    clip: float,
+    detach_focal_weight: bool,
+    reduction: str,
+    mask: torch.Tensor | None,
+    class_weight: torch.Tensor | None,
+    validate: bool,
+) -> torch.Tensor:
+    """:func:`asymmetric_loss` with its hyperparameters already checked."""
     _check_multilabel_shapes(logits, targets, mask, class_weight)
     has_unknown: bool | None = None
     if validate and not _is_compiling():
@@ -350,7 +392,7 @@ def asymmetric_loss(
         else:
             scale = known.expand(x.shape).sum().to(dtype).clamp_(min=1.0).reciprocal_()
     return _AsymmetricLossFn.apply(
-        x, y, coef, scale, float(gamma_pos), float(gamma_neg), clip, bool(detach_focal_weight)
+        x, y, coef, scale, gamma_pos, gamma_neg, clip, detach_focal_weight
     )
 
 
@@ -432,13 +474,7 @@ class AsymmetricLoss(nn.Module):
         weight = None
         if class_weight is not None:
             weight = torch.as_tensor(class_weight, dtype=torch.float32).detach().clone()
-            if weight.ndim != 1 or weight.numel() == 0:
-                raise ValueError(
-                    f"class_weight must be a 1-D sequence of per-class weights, got shape "
-                    f"{tuple(weight.shape)}"
-                )
-            if not bool(torch.isfinite(weight).all()) or bool((weight < 0).any()):
-                raise ValueError("class_weight must be finite and non-negative")
+            _check_class_weight(weight)
         self.class_weight: torch.Tensor | None
         self.register_buffer("class_weight", weight, persistent=False)
 
@@ -461,17 +497,17 @@ class AsymmetricLoss(nn.Module):
             TypeError: If an input has the wrong type or dtype.
             ValueError: If shapes disagree, targets are out of range or logits are not finite.
         """
-        return asymmetric_loss(
+        return _asymmetric_loss(
             logits,
             targets,
-            gamma_neg=self.gamma_neg,
-            gamma_pos=self.gamma_pos,
-            clip=self.clip,
-            detach_focal_weight=self.disable_torch_grad_focal_loss,
-            reduction=self.reduction,
-            mask=mask,
-            class_weight=self.class_weight,
-            validate=self.validate,
+            self.gamma_neg,
+            self.gamma_pos,
+            self.clip,
+            self.disable_torch_grad_focal_loss,
+            self.reduction,
+            mask,
+            self.class_weight,
+            self.validate,
         )
 
     def extra_repr(self) -> str:

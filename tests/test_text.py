@@ -309,11 +309,14 @@ def test_unwritable_cache_still_works_with_a_warning(
 
 
 def _concurrent_writer(ckpt: str, cache: str, names: list[str], barrier, results) -> None:
-    # A forked process: the imports and the registered tiny config come with it.
+    # A forked process: the imports and the registered tiny config come with it. It stays on
+    # the CPU, since CUDA cannot be used again in a child forked after the parent used it.
     try:
         warnings.simplefilter("error", EmbeddingCacheWarning)
         barrier.wait(timeout=60)
-        result = encode_class_names_info(names, TINY_NAME, ckpt, cache_dir=cache, progress=False)
+        result = encode_class_names_info(
+            names, TINY_NAME, ckpt, cache_dir=cache, progress=False, device="cpu"
+        )
         key = TextEncoderSpec.resolve(TINY_NAME, ckpt).cache_key(names)
         for _ in range(30):
             write_cache_entry(key, result.embeddings, Path(cache))
@@ -324,7 +327,9 @@ def _concurrent_writer(ckpt: str, cache: str, names: list[str], barrier, results
         results.put(("error", repr(e)))
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_concurrent_writers_both_end_with_the_right_tensor(tiny: Path, tmp_path: Path) -> None:
+    # fork, not spawn: a spawned child would spend seconds importing torch, timm and open_clip.
     ctx = multiprocessing.get_context("fork")
     cache = tmp_path / "cache"
     names = COCO[:30]

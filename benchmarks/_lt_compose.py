@@ -1,0 +1,249 @@
+"""Composition of a long-tailed multi-label set from single-label source images.
+
+Pure numpy (plus Pillow for resizing); no dataset or model package is needed, so the logic is
+tested on tiny synthetic arrays (tests/test_lt_benchmark.py).
+
+Every canvas is a square of ``canvas_size`` pixels cut into a 2x2 grid; it holds 1 to 4 objects,
+each a source image of a different class, resized to 75-100 % of a cell and placed at a random
+offset in its own cell. A canvas is labelled with the classes of the source images pasted on it.
+
+The composition is exact: class ``c`` is present on exactly ``counts[c]`` canvases, and no source
+image is used twice within one composed set. The training set's counts follow an exponential
+profile from ``max_count`` down to ``max_count / imbalance`` over a seeded class order; the test
+set gives every class the same count and draws only from the sources' test images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+GRID = 2  # cells per side: at most GRID * GRID objects per canvas
+MIN_SCALE = 0.75  # smallest object size, as a fraction of the cell
+
+
+@dataclass(frozen=True)
+class SourceImages:
+    """Single-label source images of all classes.
+
+    Attributes:
+        images: (M, h, w) uint8 grayscale images.
+        labels: (M,) class index of each image, in [0, num_classes).
+        is_test: (M,) True for the images of the sources' test split.
+        num_classes: Number of classes.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    is_test: np.ndarray
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 3 or self.images.dtype != np.uint8:
+            raise ValueError(
+                f"images must be (M, h, w) uint8, got {self.images.shape} {self.images.dtype}"
+            )
+        m = len(self.images)
+        if self.labels.shape != (m,) or self.is_test.shape != (m,):
+            raise ValueError(
+                f"labels {self.labels.shape} and is_test {self.is_test.shape} must both be ({m},)"
+            )
+        if m and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
+            raise ValueError(f"labels must lie in [0, {self.num_classes})")
+
+    def pools(self, test: bool) -> list[np.ndarray]:
+        """Indices of the images of each class in the training (or test) split.
+
+        Args:
+            test: Take the test split instead of the training split.
+
+        Returns:
+            One index array per class, in increasing order.
+        """
+        mask = self.is_test == test
+        return [np.flatnonzero(mask & (self.labels == c)) for c in range(self.num_classes)]
+
+
+@dataclass(frozen=True)
+class ComposedSet:
+    """A composed multi-label set.
+
+    Attributes:
+        images: (N, S, S) uint8 canvases.
+        targets: (N, C) uint8 multi-hot labels.
+        sources: (N, GRID*GRID) index of the source image pasted in each object slot, -1 for
+            unused slots.
+        counts: (C,) number of canvases holding each class.
+    """
+
+    images: np.ndarray
+    targets: np.ndarray
+    sources: np.ndarray
+    counts: np.ndarray
+
+
+def long_tailed_counts(
+    num_classes: int, max_count: int, imbalance: float, order: Sequence[int]
+) -> np.ndarray:
+    """Exponentially decaying per-class counts over a given class order.
+
+    The class at rank ``r`` of ``order`` gets ``round(max_count * imbalance ** (-r / (C - 1)))``
+    positives (at least 1): ``max_count`` for the first class, ``max_count / imbalance`` for the
+    last.
+
+    Args:
+        num_classes: C (at least 2).
+        max_count: Count of the most frequent class.
+        imbalance: Ratio of the largest to the smallest count (>= 1).
+        order: A permutation of ``range(C)``; ``order[r]`` is the class of rank ``r``.
+
+    Returns:
+        (C,) int64 counts indexed by class.
+
+    Raises:
+        ValueError: For a bad number of classes, count, imbalance or order.
+    """
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    if max_count < 1:
+        raise ValueError(f"max_count must be positive, got {max_count}")
+    if not imbalance >= 1:
+        raise ValueError(f"imbalance must be >= 1, got {imbalance}")
+    order = np.asarray(order)
+    if order.shape != (num_classes,) or not np.array_equal(np.sort(order), np.arange(num_classes)):
+        raise ValueError(f"order must be a permutation of range({num_classes}), got {order}")
+    ranks = np.empty(num_classes, dtype=np.int64)
+    ranks[order] = np.arange(num_classes)
+    counts = np.rint(max_count * float(imbalance) ** (-ranks / (num_classes - 1)))
+    return np.maximum(counts, 1).astype(np.int64)
+
+
+def compose_canvases(
+    counts: Sequence[int],
+    pools: Sequence[np.ndarray],
+    rng: np.random.Generator,
+    min_objects: int = 1,
+    max_objects: int = GRID * GRID,
+) -> list[list[tuple[int, int]]]:
+    """Group class occurrences into canvases of distinct classes.
+
+    Each canvas draws a size k uniformly in [min_objects, max_objects], then k distinct classes
+    with probability proportional to their remaining counts, until every count is used. When
+    fewer than k classes are left, the canvas takes all of them (the last canvases can hold
+    fewer than ``min_objects`` objects). Each class's source images are drawn from its pool
+    without replacement.
+
+    Args:
+        counts: (C,) number of canvases that must hold each class.
+        pools: C arrays of source-image indices to draw each class's objects from.
+        rng: The random generator (the only source of randomness).
+        min_objects: Smallest number of objects per canvas.
+        max_objects: Largest number of objects per canvas (at most 4, one per grid cell).
+
+    Returns:
+        The canvases, each a list of (class, source index) pairs.
+
+    Raises:
+        ValueError: If the object range is invalid or a pool is smaller than its count.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    if len(pools) != len(counts):
+        raise ValueError(f"{len(pools)} pools given for {len(counts)} classes")
+    if not 1 <= min_objects <= max_objects <= GRID * GRID:
+        raise ValueError(
+            f"need 1 <= min_objects <= max_objects <= {GRID * GRID}, got {min_objects}, "
+            f"{max_objects}"
+        )
+    if (counts < 0).any():
+        raise ValueError(f"counts must be non-negative, got {counts}")
+    draws = []
+    for c, (n, pool) in enumerate(zip(counts, pools, strict=True)):
+        if n > len(pool):
+            raise ValueError(f"class {c} needs {n} source images but its pool has {len(pool)}")
+        draws.append(list(rng.choice(np.asarray(pool), size=int(n), replace=False)))
+    remaining = counts.copy()
+    canvases: list[list[tuple[int, int]]] = []
+    while remaining.sum() > 0:
+        k = int(rng.integers(min_objects, max_objects + 1))
+        available = np.flatnonzero(remaining)
+        k = min(k, len(available))
+        weights = remaining[available] / remaining[available].sum()
+        chosen = rng.choice(available, size=k, replace=False, p=weights)
+        canvas = []
+        for c in chosen:
+            remaining[c] -= 1
+            canvas.append((int(c), int(draws[c].pop())))
+        canvases.append(canvas)
+    return canvases
+
+
+def render_canvas(
+    objects: Sequence[np.ndarray], canvas_size: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Paste up to four grayscale objects into distinct cells of a 2x2 grid.
+
+    Args:
+        objects: (h, w) uint8 images.
+        canvas_size: S, the side of the canvas in pixels (even).
+        rng: The random generator for cells, sizes and offsets.
+
+    Returns:
+        (S, S) uint8 canvas, black where no object is.
+
+    Raises:
+        ValueError: For more objects than cells or an odd or too small canvas.
+    """
+    if len(objects) > GRID * GRID:
+        raise ValueError(f"at most {GRID * GRID} objects fit on a canvas, got {len(objects)}")
+    if canvas_size % GRID or canvas_size < 4 * GRID:
+        raise ValueError(f"canvas_size must be even and at least {4 * GRID}, got {canvas_size}")
+    cell = canvas_size // GRID
+    canvas = np.zeros((canvas_size, canvas_size), dtype=np.uint8)
+    cells = rng.permutation(GRID * GRID)[: len(objects)]
+    for obj, where in zip(objects, cells, strict=True):
+        side = int(rng.integers(int(np.ceil(MIN_SCALE * cell)), cell + 1))
+        patch = np.asarray(Image.fromarray(obj).resize((side, side), Image.BILINEAR))
+        top = (where // GRID) * cell + int(rng.integers(0, cell - side + 1))
+        left = (where % GRID) * cell + int(rng.integers(0, cell - side + 1))
+        canvas[top : top + side, left : left + side] = patch
+    return canvas
+
+
+def compose_set(
+    sources: SourceImages,
+    counts: Sequence[int],
+    *,
+    test: bool,
+    rng: np.random.Generator,
+    canvas_size: int,
+    min_objects: int = 1,
+    max_objects: int = GRID * GRID,
+) -> ComposedSet:
+    """Compose and render a multi-label set from one split of the sources.
+
+    Args:
+        sources: The single-label source images.
+        counts: (C,) number of canvases holding each class.
+        test: Draw from the sources' test split (else from their training split).
+        rng: The random generator.
+        canvas_size: Side of the canvases in pixels.
+        min_objects: Smallest number of objects per canvas.
+        max_objects: Largest number of objects per canvas.
+
+    Returns:
+        The composed set.
+    """
+    canvases = compose_canvases(counts, sources.pools(test), rng, min_objects, max_objects)
+    n, c = len(canvases), sources.num_classes
+    images = np.zeros((n, canvas_size, canvas_size), dtype=np.uint8)
+    targets = np.zeros((n, c), dtype=np.uint8)
+    slots = np.full((n, GRID * GRID), -1, dtype=np.int64)
+    for i, canvas in enumerate(canvases):
+        idx = [src for _, src in canvas]
+        images[i] = render_canvas([sources.images[j] for j in idx], canvas_size, rng)
+        targets[i, [cls for cls, _ in canvas]] = 1
+        slots[i, : len(idx)] = idx
+    return ComposedSet(images, targets, slots, np.asarray(counts, dtype=np.int64))

@@ -160,7 +160,10 @@ class _AsymmetricLossFn(torch.autograd.Function):
         terms = _loss_terms(x, y, gamma_pos, gamma_neg, clip)
         if coef is not None:
             terms.mul_(coef)
-        out = terms.neg_() if scale is None else terms.sum().mul_(-scale)
+        # The output must come from an out-of-place op: under torch.compile, PyTorch 2.11
+        # routes the gradient of a returned tensor that was modified in place to the wrong
+        # output (pytorch/pytorch#180642), which silently zeroes the gradient.
+        out = torch.neg(terms) if scale is None else terms.sum() * -scale
         if isinstance(scale, torch.Tensor):
             ctx.save_for_backward(x, y, coef, scale)
             ctx.scale = None

@@ -1,0 +1,132 @@
+"""Print the top labels of a saved CPRFL model for some images.
+
+    python examples/predict.py MODEL IMAGE [IMAGE ...] [--top-k 5] [--threshold 0.5]
+
+MODEL is a folder written by ``save_pretrained`` (or ``train.py``), a Hugging Face Hub repository
+id (``user/repo``, ``user/repo@revision``) or ``hf-hub:user/repo``. Images are preprocessed with
+timm's evaluation transform for the model's data config (resize, centre crop, normalise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import timm.data
+import torch
+from PIL import Image, UnidentifiedImageError
+
+import cprfl_zoo
+
+
+def probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Top labels and probabilities of a CPRFL model for image files."
+    )
+    parser.add_argument(
+        "model", help="saved model folder, Hub repo id (user/repo[@revision]) or hf-hub:user/repo"
+    )
+    parser.add_argument("images", nargs="+", type=Path, help="image files")
+    parser.add_argument("--top-k", type=positive_int, default=5, help="labels shown per image (5)")
+    parser.add_argument(
+        "--threshold",
+        type=probability,
+        default=None,
+        help="also list every label with at least this probability",
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="(16)")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    return parser
+
+
+def looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for path in args.images:
+        if not path.is_file():
+            parser.error(f"image file not found: {path}")
+    model = args.model
+    if model.startswith(("hf-hub:", "local-dir:")):
+        return
+    if Path(model).exists():
+        if not Path(model).is_dir():
+            parser.error(f"MODEL {model} is a file; give the folder holding config.json")
+        for needed in ("config.json", "model.safetensors"):
+            if not (Path(model) / needed).is_file():
+                parser.error(f"MODEL folder {model} has no {needed}: not a saved CPRFL model")
+    elif looks_like_path(model) or model.count("/") != 1 or Path(model).parent.is_dir():
+        parser.error(
+            f"MODEL {model!r}: no such folder, and not a Hub repository id like 'user/repo'"
+        )
+
+
+def load_images(paths: list[Path], transform: object) -> torch.Tensor:
+    tensors = []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                tensors.append(transform(img.convert("RGB")))
+        except (UnidentifiedImageError, OSError) as e:
+            raise SystemExit(f"error: cannot read image {path}: {e}") from None
+    return torch.stack(tensors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    try:
+        model = cprfl_zoo.CPRFL.from_pretrained(args.model)
+    except Exception as e:  # hub, file-format and config errors alike: report and stop
+        raise SystemExit(f"error: cannot load model {args.model}: {e}") from e
+    model = model.to(device).eval()
+    model.freeze_class_embeddings()
+    config = timm.data.resolve_model_data_config(model)
+    transform = timm.data.create_transform(**config, is_training=False)
+    names = model.class_names
+    top_k = min(args.top_k, len(names))
+
+    for start in range(0, len(args.images), args.batch_size):
+        paths = args.images[start : start + args.batch_size]
+        batch = load_images(paths, transform).to(device)
+        with torch.no_grad():
+            probs = model(batch).float().sigmoid().cpu()
+        for path, p in zip(paths, probs, strict=True):
+            order = p.argsort(descending=True).tolist()
+            shown = order[:top_k]
+            if args.threshold is not None:
+                shown = sorted(set(shown) | {i for i in order if p[i] >= args.threshold})
+                shown.sort(key=lambda i: -float(p[i]))
+            print(path)
+            for i in shown:
+                print(f"  {float(p[i]):.3f}  {names[i]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,407 @@
+"""Tests of examples/quickstart.py, train.py (one process and DDP) and predict.py.
+
+The scripts run in-process (imported from their files) where possible; the DDP test launches
+``torch.distributed.run`` with two CPU processes (gloo).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import huggingface_hub.constants
+import open_clip
+import pytest
+import timm.data
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from tiny_clip import TINY_CFG
+
+from cprfl_zoo import CPRFL
+from cprfl_zoo.synthetic import DIGIT_NAMES, make_digit_composites
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+TINY_TRAIN = [
+    "--synthetic",
+    "--synthetic-images", "48",
+    "--model", "test_resnet",
+    "--no-pretrained-backbone",
+    "--text-encoder", "random",
+    "--text-dim", "16",
+    "--dim", "32",
+    "--num-heads", "2",
+    "--head-dim", "8",
+    "--mlp-dim", "24",
+    "--img-size", "32",
+    "--batch-size", "8",
+    "--workers", "0",
+    "--max-steps", "2",
+    "--lr", "1e-3",
+    "--head-threshold", "20",
+    "--tail-threshold", "5",
+    "--dump-weights-digest",
+]  # fmt: skip
+
+
+def load_example(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"cprfl_example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def train_script() -> ModuleType:
+    return load_example("train")
+
+
+@pytest.fixture(scope="module")
+def predict_script() -> ModuleType:
+    return load_example("predict")
+
+
+def state_dict_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the sorted (name, raw bytes) pairs, written here from the definition."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(bytes(state[name].contiguous().reshape(-1).view(torch.uint8).tolist()))
+    return digest.hexdigest()
+
+
+def read_digest(folder: Path, rank: int = 0) -> dict:
+    return json.loads((folder / f"weights-digest-rank{rank}.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def trained(train_script: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted 2-epoch run (2 steps per epoch) on the synthetic set."""
+    out = tmp_path_factory.mktemp("train_a")
+    assert train_script.main([*TINY_TRAIN, "--epochs", "2", "--output", str(out)]) == 0
+    return out
+
+
+# ---------------------------------------------------------------------- quickstart
+def test_quickstart_fast_offline(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    quickstart = load_example("quickstart")
+    assert quickstart.main(["--fast", "--offline", "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "FALLBACK random class embeddings" in out
+    assert "FALLBACK randomly initialised test_resnet" in out
+    rows = {}
+    for label in ("linear head", "CPRFL"):
+        match = re.search(rf"^  {label}\s+([-\d.na ]+?)\s+\d+ s$", out, re.MULTILINE)
+        assert match, out
+        rows[label] = [float(v) for v in match.group(1).split()]
+        assert len(rows[label]) == 4
+        assert all(0 <= v <= 100 for v in rows[label] if v == v)
+    assert "logits identical" in out
+    folder = tmp_path / "cprfl-digits"
+    assert {p.name for p in folder.iterdir()} >= {"config.json", "model.safetensors", "README.md"}
+    model = CPRFL.from_pretrained(folder)
+    assert model.class_names == list(DIGIT_NAMES)
+    assert len(list((tmp_path / "samples").glob("*.png"))) == 4
+    assert "examples/predict.py" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--epochs", "0"], "--epochs"),
+        (["--lr", "-1"], "--lr"),
+        (["--img-size", "15"], "--img-size"),
+    ],
+)
+def test_quickstart_bad_arguments(argv, flag, capsys):
+    quickstart = load_example("quickstart")
+    with pytest.raises(SystemExit) as err:
+        quickstart.main(argv)
+    assert err.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- train.py, one process
+def test_train_writes_checkpoint_model_and_logs(trained):
+    ckpt = torch.load(trained / "checkpoint-last.pth", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["class_names"] == list(DIGIT_NAMES)
+    assert ckpt["args"]["model"] == "test_resnet" and ckpt["args"]["output"] == str(trained)
+    assert len(ckpt["history"]) == 2
+    groups = ckpt["optimizer"]["param_groups"]
+    by_name = {g["name"]: g for g in groups}
+    assert set(by_name) == {"backbone", "backbone_no_decay", "head", "head_no_decay"}
+    assert by_name["backbone"]["max_lr"] == pytest.approx(1e-4)  # lr 1e-3 x scale 0.1
+    assert by_name["head"]["max_lr"] == pytest.approx(1e-3)
+    assert by_name["head"]["weight_decay"] == pytest.approx(1e-4)
+    assert by_name["head_no_decay"]["weight_decay"] == 0.0
+    steps = {int(s["step"]) for s in ckpt["optimizer"]["state"].values()}
+    assert steps == {4}  # 2 epochs x --max-steps 2
+    assert ckpt["scheduler"]["last_epoch"] == 4
+    digest = read_digest(trained)
+    assert digest["model"] == state_dict_digest(ckpt["model"])
+    assert digest["ema"] == state_dict_digest(ckpt["ema"])
+    assert digest["model"] != digest["ema"]
+
+    log = (trained / "log.txt").read_text()
+    for epoch in (1, 2):
+        assert re.search(rf"epoch {epoch}/2 \| loss [\d.]+ \| model mAP [\d.]+ .*\| EMA mAP", log)
+    assert "FALLBACK: --text-encoder random" in log
+    history = json.loads((trained / "metrics.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert {"model/mAP", "model/mAP_tail", "EMA/mAP_head", "train_loss"} <= set(history[0])
+
+    model = CPRFL.from_pretrained(trained / "model").eval()
+    assert model.class_names == list(DIGIT_NAMES)
+    assert model.pretrained_cfg["input_size"] == (3, 32, 32)
+    assert model.pretrained_cfg["crop_pct"] == 1.0
+    assert torch.isfinite(model(torch.randn(2, 3, 32, 32))).all()
+    assert not list(trained.glob(".*.tmp"))
+
+
+def test_train_resume_reproduces_the_uninterrupted_run(train_script, trained, tmp_path, capsys):
+    out = tmp_path / "run_b"
+    argv = [*TINY_TRAIN, "--epochs", "2", "--output", str(out)]
+    assert train_script.main([*argv, "--stop-after-epoch", "1"]) == 0
+    ckpt = torch.load(out / "checkpoint-last.pth", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 1
+    assert "--stop-after-epoch" in capsys.readouterr().out
+    assert train_script.main([*argv, "--resume", str(out / "checkpoint-last.pth")]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert read_digest(out) == read_digest(trained)
+    a = torch.load(trained / "checkpoint-last.pth", map_location="cpu", weights_only=True)
+    b = torch.load(out / "checkpoint-last.pth", map_location="cpu", weights_only=True)
+    assert a["history"] == b["history"]
+
+
+def test_resume_refuses_changed_schedule_and_foreign_files(train_script, trained, tmp_path):
+    ckpt = trained / "checkpoint-last.pth"
+    base = [*TINY_TRAIN, "--output", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match=r"--epochs is 3 but the checkpoint .* with 2"):
+        train_script.main([*base, "--epochs", "3", "--resume", str(ckpt)])
+    with pytest.raises(SystemExit, match="--dim is 64"):
+        train_script.main([*base, "--epochs", "2", "--dim", "64", "--resume", str(ckpt)])
+    torn = tmp_path / "torn.pth"
+    torn.write_bytes(ckpt.read_bytes()[:1000])
+    with pytest.raises(SystemExit, match=r"cannot read checkpoint --resume .*torn\.pth"):
+        train_script.main([*base, "--epochs", "2", "--resume", str(torn)])
+    other = tmp_path / "other.pth"
+    torch.save({"state_dict": {}}, other)
+    with pytest.raises(SystemExit, match=r"not a checkpoint written by train\.py"):
+        train_script.main([*base, "--epochs", "2", "--resume", str(other)])
+
+
+def test_checkpoint_write_is_atomic(train_script, tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pth"
+    train_script.atomic_torch_save({"epoch": 1, "w": torch.ones(3)}, path)
+
+    def interrupted_save(obj, f):
+        Path(f).write_bytes(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_script.torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        train_script.atomic_torch_save({"epoch": 2, "w": torch.zeros(3)}, path)
+    kept = torch.load(path, weights_only=True)
+    assert kept["epoch"] == 1 and torch.equal(kept["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "exactly one of --dataset, --train-list or --synthetic"),
+        (["--synthetic", "--dataset", "voc-lt"], "exactly one of"),
+        (["--dataset", "coco-lt"], "needs --data-root"),
+        (["--dataset", "coco-lt", "--data-root", "/no/such/dir"], "--data-root: folder not found"),
+        (["--train-list", "/no/train.txt"], "--train-list: file not found"),
+        (["--synthetic", "--model", "resnet_no_such"], "--model: 'resnet_no_such' is not a timm"),
+        (["--synthetic", "--epochs", "0"], "--epochs: expected a positive integer"),
+        (["--synthetic", "--ema", "1.5"], r"--ema: expected a number in \[0, 1\)"),
+        (["--synthetic", "--lr", "nan"], "--lr: expected a finite number"),
+        (["--synthetic", "--amp", "fp8"], "--amp: invalid choice"),
+        (["--synthetic", "--epochs", "2", "--stop-after-epoch", "3"], "--stop-after-epoch"),
+        (["--synthetic", "--push-to-hub", "no-slash"], "--push-to-hub: expected 'user/repo'"),
+        (["--synthetic", "--text-pretrained", "openai", "--text-encoder", "random"], "--text-pre"),
+        (["--synthetic", "--text-encoder", "no-such-clip"], "--text-encoder/--text-pretrained"),
+        (["--synthetic", "--resume", "/no/ckpt.pth"], "--resume: checkpoint not found"),
+        (["--synthetic", "--head-threshold", "5", "--tail-threshold", "9"], "--head-threshold"),
+        (["--synthetic", "--data-root", "."], "--data-root only applies to --dataset"),
+        (["--synthetic", "--image-root", "."], "--image-root only applies to --train-list"),
+    ],
+)
+def test_train_bad_arguments_name_the_argument(train_script, argv, message, capsys):
+    with pytest.raises(SystemExit) as err:
+        train_script.main(argv)
+    assert err.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def _image_list_files(tmp_path: Path, list_text: str, classes: str) -> list[str]:
+    Image.new("RGB", (16, 16)).save(tmp_path / "a.png")
+    (tmp_path / "train.txt").write_text(list_text)
+    (tmp_path / "test.txt").write_text("a.png 0\n")
+    (tmp_path / "classes.txt").write_text(classes)
+    return [
+        *(a for a in TINY_TRAIN if a != "--synthetic"),
+        "--train-list", str(tmp_path / "train.txt"),
+        "--test-list", str(tmp_path / "test.txt"),
+        "--image-root", str(tmp_path),
+        "--classes", str(tmp_path / "classes.txt"),
+        "--output", str(tmp_path / "out"),
+    ]  # fmt: skip
+
+
+def test_train_bad_lists_name_file_and_line(train_script, tmp_path):
+    argv = _image_list_files(tmp_path, "a.png 0\na.png 1 7\n", "cat\ndog\nbird\n")
+    with pytest.raises(SystemExit, match=r"train\.txt:2: class id 7 out of range \[0, 3\)"):
+        train_script.main(argv)
+    argv = _image_list_files(tmp_path, "a.png 0\nmissing.png 1\n", "cat\ndog\nbird\n")
+    with pytest.raises(SystemExit, match=r"missing\.png \(.*train\.txt:2\)"):
+        train_script.main(argv)
+    argv = _image_list_files(tmp_path, "a.png 0\n", "cat\ndog\ncat\n")
+    with pytest.raises(SystemExit, match=r"--classes: .*classes\.txt: duplicate class name 'cat'"):
+        train_script.main(argv)
+
+
+def test_train_on_image_lists_with_label_file(train_script, tmp_path):
+    data = make_digit_composites(24, img_size=32, max_digits=2, seed=0)
+    from cprfl_zoo.synthetic import write_image_list
+
+    write_image_list(data, tmp_path, "train")
+    write_image_list(data, tmp_path, "test")
+    # 'name id' lines, as the benchmarks' label files: names may hold spaces, ids in any order.
+    labels = "\n".join(f"digit {n} {i}" for i, n in reversed(list(enumerate(DIGIT_NAMES))))
+    (tmp_path / "labels.txt").write_text(labels + "\n")
+    out = tmp_path / "out"
+    argv = [a for a in TINY_TRAIN if a not in ("--synthetic", "--dump-weights-digest")]
+    argv += ["--train-list", str(tmp_path / "train.txt"), "--test-list", str(tmp_path / "test.txt")]
+    argv += ["--image-root", str(tmp_path), "--classes", str(tmp_path / "labels.txt")]
+    assert train_script.main([*argv, "--epochs", "1", "--output", str(out), "--ema", "0"]) == 0
+    model = CPRFL.from_pretrained(out / "model")
+    assert model.class_names == [f"digit {n}" for n in DIGIT_NAMES]
+    ckpt = torch.load(out / "checkpoint-last.pth", map_location="cpu", weights_only=True)
+    assert ckpt["ema"] is None and "EMA mAP" not in (out / "log.txt").read_text()
+
+
+# ---------------------------------------------------------------------- predict.py
+@pytest.fixture
+def sample_png(tmp_path: Path) -> Path:
+    data = make_digit_composites(1, img_size=48, seed=7, pool="test")
+    pixels = (data.images[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    path = tmp_path / "sample.png"
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def _printed(out: str) -> list[tuple[float, str]]:
+    return [(float(p), n) for p, n in re.findall(r"^  (\d\.\d{3})  (.+)$", out, re.MULTILINE)]
+
+
+def test_predict_prints_the_models_top_labels(predict_script, trained, sample_png, capsys):
+    folder = trained / "model"
+    assert predict_script.main([str(folder), str(sample_png), "--top-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == str(sample_png)
+    printed = _printed(out)
+    model = CPRFL.from_pretrained(folder).eval()
+    config = timm.data.resolve_model_data_config(model)
+    transform = timm.data.create_transform(**config, is_training=False)
+    with torch.no_grad():
+        probs = model(transform(Image.open(sample_png).convert("RGB"))[None]).sigmoid()[0]
+    top = probs.topk(3)
+    expected = [
+        (round(float(v), 3), model.class_names[i])
+        for v, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+    ]
+    assert printed == expected
+
+    assert (
+        predict_script.main([str(folder), str(sample_png), str(sample_png), "--top-k", "50"]) == 0
+    )
+    assert len(_printed(capsys.readouterr().out)) == 2 * 10  # clamped to the 10 classes
+    assert (
+        predict_script.main([str(folder), str(sample_png), "--top-k", "1", "--threshold", "0"]) == 0
+    )
+    assert len(_printed(capsys.readouterr().out)) == 10  # every label reaches probability 0
+
+
+def test_predict_errors_name_the_file(predict_script, trained, sample_png, tmp_path, capsys):
+    folder = str(trained / "model")
+    cases = [
+        ([folder, str(tmp_path / "nope.png")], f"image file not found: {tmp_path / 'nope.png'}"),
+        ([str(tmp_path / "no_model"), str(sample_png)], "no such folder"),
+        ([str(tmp_path), str(sample_png)], f"MODEL folder {tmp_path} has no config.json"),
+        ([folder, str(sample_png), "--top-k", "0"], "--top-k: expected a positive integer"),
+        (
+            [folder, str(sample_png), "--threshold", "2"],
+            r"--threshold: expected a number in \[0, 1\]",
+        ),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as err:
+            predict_script.main(argv)
+        assert err.value.code == 2
+        assert re.search(message, capsys.readouterr().err), argv
+    broken = tmp_path / "broken.png"
+    broken.write_text("not an image")
+    with pytest.raises(SystemExit, match=f"cannot read image {re.escape(str(broken))}"):
+        predict_script.main([folder, str(broken)])
+
+
+# ---------------------------------------------------------------------- train.py under torchrun
+@pytest.fixture
+def tiny_clip_dir(tmp_path: Path) -> Path:
+    """A local open_clip folder (config + random weights), read by the real open_clip loader."""
+    folder = tmp_path / "tiny_clip"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CFG}))
+    torch.manual_seed(0)
+    model = open_clip.model.CLIP(**TINY_CFG)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "open_clip_model.safetensors"))
+    return folder
+
+
+def test_ddp_two_processes_end_with_identical_weights(tiny_clip_dir, tmp_path):
+    out = tmp_path / "ddp"
+    cache = Path(os.environ["CPRFL_ZOO_CACHE"])
+    argv = [a if a != "random" else f"local-dir:{tiny_clip_dir}" for a in TINY_TRAIN]
+    argv.remove("--text-dim")
+    argv.remove("16")
+    argv += ["--epochs", "1", "--max-steps", "3", "--batch-size", "4", "--output", str(out)]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(EXAMPLES / "train.py"), *argv,
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CPRFL_ZOO_CACHE=str(cache))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    rank0, rank1 = read_digest(out, 0), read_digest(out, 1)
+    assert rank0["world_size"] == rank1["world_size"] == 2
+    assert rank0["model"] == rank1["model"]
+    assert rank0["ema"] == rank1["ema"]
+    ckpt = torch.load(out / "checkpoint-last.pth", map_location="cpu", weights_only=True)
+    assert state_dict_digest(ckpt["model"]) == rank0["model"]
+    assert {int(s["step"]) for s in ckpt["optimizer"]["state"].values()} == {3}
+    assert rank0["model"] != rank0["ema"]
+    # Rank 0 alone logs and computes the class embeddings (once, into the cache).
+    assert proc.stdout.count("epoch 1/1 |") == 1
+    assert "2 process(es) on cpu" in proc.stdout
+    assert re.search(r"class embeddings from local-dir:.* \(computed\)", proc.stdout)
+    assert len(list((cache / "text_embeddings").glob("*.safetensors"))) == 1
+    assert (
+        CPRFL.from_pretrained(out / "model").text_encoder_cfg["model_name"].startswith("local-dir:")
+    )

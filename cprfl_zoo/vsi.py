@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import Mlp
+from timm.layers import Mlp, use_fused_attn
 from torch import nn
 
 __all__ = ["VSI", "PromptAttention"]
@@ -28,6 +28,10 @@ class PromptAttention(nn.Module):
 
     Parameter layout matches timm's ``Attention`` (``qkv`` then ``proj``), with q, k and v stacked
     in that order and heads contiguous within each, as in the official code's ``to_qkv``.
+
+    Attention runs through ``scaled_dot_product_attention`` (``fused_attn``, timm's switch: off
+    with ``TIMM_FUSED_ATTN=0``), except on CUDA with heads wider than 256 (the paper's 512), which
+    no flash kernel covers; there an explicit matmul-softmax is faster.
 
     Args:
         dim: Token width d.
@@ -54,6 +58,7 @@ class PromptAttention(nn.Module):
         self.scale = head_dim**-0.5
         self.qkv = nn.Linear(dim, 3 * self.inner_dim, bias=qkv_bias)
         self.attn_drop = attn_drop
+        self.fused_attn = use_fused_attn()
         self.proj = nn.Linear(self.inner_dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
@@ -78,13 +83,15 @@ class PromptAttention(nn.Module):
         token_kv = F.linear(tokens, kv_weight, kv_bias)  # (B, v, 2·inner)
         kv = torch.cat([token_kv, prompt_qkv[:, inner:].expand(batch, -1, -1)], dim=1)
         kv = kv.reshape(batch, num_tokens + num_prompts, 2, h, hd).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(
-            q.expand(batch, -1, -1, -1),
-            kv[0],
-            kv[1],
-            dropout_p=self.attn_drop if self.training else 0.0,
-            scale=self.scale,
-        )
+        dropout_p = self.attn_drop if self.training else 0.0
+        if self.fused_attn and not (tokens.is_cuda and hd > 256):
+            out = F.scaled_dot_product_attention(
+                q.expand(batch, -1, -1, -1), kv[0], kv[1], dropout_p=dropout_p, scale=self.scale
+            )
+        else:
+            scores = (q * self.scale) @ kv[0].transpose(-2, -1)  # (B, h, C, v + C)
+            attn = F.dropout(scores.softmax(dim=-1), p=dropout_p)
+            out = attn @ kv[1]
         out = out.transpose(1, 2).reshape(batch, num_prompts, inner)
         return self.proj_drop(self.proj(out))
 

@@ -111,6 +111,22 @@ def test_logits_and_all_gradients_equal_naive_form(name, layout, bb_kwargs, batc
             assert rel_err(ga, gb) < 1e-5, pname
 
 
+def test_explicit_attention_path_equals_fused():
+    """The matmul-softmax path (CUDA with wide heads, or TIMM_FUSED_ATTN=0) gives the same."""
+    torch.manual_seed(0)
+    vsi = VSI(dim=16, num_heads=2, head_dim=4, mlp_hidden_dim=8, drop_rate=0.0)
+    tokens = torch.randn(3, 9, 16, requires_grad=True)
+    prompts = torch.randn(4, 16, requires_grad=True)
+    outs = []
+    for fused in (True, False):
+        vsi.attn.fused_attn = fused
+        out = vsi(tokens, prompts)
+        grads = torch.autograd.grad(out.square().sum(), [tokens, prompts, vsi.attn.qkv.weight])
+        outs.append((out, *grads))
+    for a, b in zip(*outs, strict=True):
+        assert rel_err(a, b) < 1e-5
+
+
 def test_prompt_side_is_computed_once_per_batch():
     """The prompt queries are batch-independent: an image's logits do not depend on its batch."""
     torch.manual_seed(0)

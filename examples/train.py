@@ -82,6 +82,7 @@ RESUME_FIXED_ARGS = (
     "max_steps",
     "ema",
     "amp",
+    "trainable_text_encoder",
 )
 
 
@@ -223,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1024,
         help=f"width of the --text-encoder {RANDOM_TEXT_ENCODER} embeddings",
     )
+    model.add_argument(
+        "--trainable-text-encoder",
+        action="store_true",
+        help="fine-tune the CLIP text tower with the model, re-encoding the class prompts every "
+        "step (the official code's mode); needs an open_clip --text-encoder",
+    )
     model.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     model.add_argument("--compile", action="store_true", help="torch.compile the model")
 
@@ -346,6 +353,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if args.text_encoder == RANDOM_TEXT_ENCODER:
         if args.text_pretrained is not None:
             parser.error("argument --text-pretrained does not apply to --text-encoder random")
+        if args.trainable_text_encoder:
+            parser.error(
+                "argument --trainable-text-encoder needs a CLIP --text-encoder, not random"
+            )
     else:
         try:
             TextEncoderSpec.resolve(args.text_encoder, args.text_pretrained)
@@ -613,8 +624,10 @@ def build_loaders(
 # ---------------------------------------------------------------------- model
 def class_embeddings(
     ctx: Context, args: argparse.Namespace, names: list[str]
-) -> tuple[torch.Tensor, dict[str, Any]]:
+) -> tuple[torch.Tensor | None, dict[str, Any] | None]:
     """Compute the class embeddings on rank 0 (filling the cache once) and share them."""
+    if args.trainable_text_encoder:
+        return None, None  # the model loads the text tower and encodes the prompts itself
     if args.text_encoder == RANDOM_TEXT_ENCODER:
         gen = torch.Generator().manual_seed(args.seed)
         emb = torch.randn(len(names), args.text_dim, generator=gen)
@@ -647,9 +660,19 @@ def class_embeddings(
 
 
 def build_model(
-    ctx: Context, args: argparse.Namespace, names: list[str], emb: torch.Tensor, cfg: dict
+    ctx: Context,
+    args: argparse.Namespace,
+    names: list[str],
+    emb: torch.Tensor | None,
+    cfg: dict[str, Any] | None,
 ) -> cprfl_zoo.CPRFL:
     kwargs: dict[str, Any] = {}
+    if args.trainable_text_encoder:
+        kwargs.update(trainable_text_encoder=True, text_encoder=args.text_encoder)
+        if args.text_pretrained is not None:
+            kwargs["text_pretrained"] = args.text_pretrained
+    else:
+        kwargs.update(text_embeddings=emb, text_encoder_cfg=cfg)
     pretrained_cfg = timm.get_pretrained_cfg(args.model.split(".", 1)[0])
     if pretrained_cfg is not None and pretrained_cfg.fixed_input_size:
         kwargs["img_size"] = args.img_size  # ViT-like backbones resize their position embeddings
@@ -659,8 +682,6 @@ def build_model(
             model = cprfl_zoo.create_cprfl(
                 args.model,
                 class_names=names,
-                text_embeddings=emb,
-                text_encoder_cfg=cfg,
                 pretrained_backbone=args.pretrained_backbone,
                 dim=args.dim,
                 num_heads=args.num_heads,
@@ -670,12 +691,12 @@ def build_model(
                 **kwargs,
             )
         except Exception as e:
-            if not args.pretrained_backbone:
+            if not (args.pretrained_backbone or args.trainable_text_encoder):
                 raise
             raise SystemExit(
                 f"error: cannot create --model {args.model} with pretrained weights: "
                 f"{type(e).__name__}: {e}\n(offline? --no-pretrained-backbone starts from "
-                "random weights)"
+                "random weights; the text tower of --trainable-text-encoder must be cached)"
             ) from e
     # What predict.py and the model card read: the size trained at, and the matching crop.
     model.pretrained_cfg["input_size"] = (3, args.img_size, args.img_size)
@@ -734,6 +755,7 @@ def evaluate(
     channels_last: bool,
 ) -> dict[str, float]:
     model.eval()
+    model.freeze_class_embeddings()  # a trainable text tower encodes the prompts once per eval
     evaluator.reset()
     for images, targets in loader:
         images = images.to(ctx.device, non_blocking=True)

@@ -405,3 +405,27 @@ def test_ddp_two_processes_end_with_identical_weights(tiny_clip_dir, tmp_path):
     assert (
         CPRFL.from_pretrained(out / "model").text_encoder_cfg["model_name"].startswith("local-dir:")
     )
+
+
+def test_train_with_trainable_text_encoder(train_script, tiny_clip_dir, tmp_path):
+    out = tmp_path / "out"
+    argv = [a if a != "random" else f"local-dir:{tiny_clip_dir}" for a in TINY_TRAIN]
+    argv = [*argv[: argv.index("--text-dim")], *argv[argv.index("--text-dim") + 2 :]]
+    argv += ["--trainable-text-encoder", "--epochs", "1", "--ema", "0", "--output", str(out)]
+    assert train_script.main(argv) == 0
+    ckpt = torch.load(out / "checkpoint-last.pth", map_location="cpu", weights_only=True)
+    tower = {k: v for k, v in ckpt["model"].items() if k.startswith("text_tower.text.")}
+    assert tower
+    by_name = {g["name"]: g for g in ckpt["optimizer"]["param_groups"]}
+    assert by_name["head"]["max_lr"] == pytest.approx(1e-3)  # the tower trains with the head
+    clip = open_clip.model.CLIP(**TINY_CFG)
+    from safetensors.torch import load_file
+
+    clip.load_state_dict(load_file(str(tiny_clip_dir / "open_clip_model.safetensors")))
+    before = clip.state_dict()["transformer.resblocks.0.mlp.c_fc.weight"]
+    after = tower["text_tower.text.transformer.resblocks.0.mlp.c_fc.weight"]
+    assert not torch.equal(before, after)  # fine-tuned
+    model = CPRFL.from_pretrained(out / "model").eval()
+    assert model.text_tower is not None
+    embeddings = model.freeze_class_embeddings()
+    assert embeddings.shape == (10, 16) and torch.isfinite(embeddings).all()

@@ -205,9 +205,14 @@ def main() -> None:
         f"float32, device={args.device}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} thread(s)"
     )
+    peak_method = (
+        "torch.cuda.max_memory_allocated above the memory allocated before the call"
+        if args.device.startswith("cuda")
+        else "max running sum of CPU allocator events (torch.profiler, profile_memory=True) "
+        "above the start of the call"
+    )
     print(
-        "time: median over interleaved rounds. peak: max running sum of CPU allocator events "
-        "(torch.profiler, profile_memory=True) above the start of the call, logits' gradient "
+        f"time: median over interleaved rounds. peak: {peak_method}, logits' gradient "
         "included. saved: bytes autograd keeps for backward (saved_tensors_hooks), inputs "
         "excluded. Ratios are ours / reference (< 1 is better); 'unchecked' is the time ratio "
         "with validate=False (no value checks, so no host sync per call)."

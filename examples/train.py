@@ -261,6 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--output", type=Path, default=Path("output/train"), help="output folder")
     run.add_argument("--resume", type=Path, default=None, help="checkpoint to continue from")
+    run.add_argument(
+        "--export",
+        choices=["last", "best"],
+        default="last",
+        help="what <output>/model holds: the EMA (or, without EMA, the model) after the last "
+        "epoch, or the best-scoring of model and EMA on the test list over all epochs (the "
+        "official code's choice; optimistic, as it selects on the test set)",
+    )
     run.add_argument("--push-to-hub", default=None, metavar="REPO", help="upload to user/repo")
     run.add_argument(
         "--max-steps",
@@ -792,6 +800,25 @@ def card_metrics(metrics: dict[str, float]) -> dict[str, float]:
     }
 
 
+def epoch_metrics(entry: dict[str, Any], which: str) -> dict[str, float]:
+    """The metrics of ``which`` (``"model"`` or ``"EMA"``) in one history entry."""
+    prefix = which + "/"
+    return {k[len(prefix) :]: v for k, v in entry.items() if k.startswith(prefix)}
+
+
+def export(module: nn.Module, args: argparse.Namespace, entry: dict[str, Any], which: str) -> None:
+    """``save_pretrained`` into <output>/model, with the epoch's scores in the model card."""
+    module.save_pretrained(
+        args.output / MODEL_DIR,
+        repo_id=args.push_to_hub,
+        metrics=card_metrics(epoch_metrics(entry, which)),
+        model_card={
+            "notes": f"Weights of the {which} after epoch {entry['epoch']} of {args.epochs}; "
+            f"trained with cprfl_zoo's examples/train.py (--export {args.export})."
+        },
+    )
+
+
 # ---------------------------------------------------------------------- checkpoints
 def load_checkpoint(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
     path = args.resume
@@ -926,6 +953,7 @@ def train(ctx: Context, args: argparse.Namespace) -> int:
         train_sampler.set_epoch(epoch)
         net.train()
         loss_sum = torch.zeros((), device=ctx.device)
+        step_lr = math.nan
         bar = tqdm(
             total=steps_per_epoch,
             desc=f"epoch {epoch + 1}/{args.epochs}",
@@ -949,12 +977,14 @@ def train(ctx: Context, args: argparse.Namespace) -> int:
                 nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
             scaler.step(optimizer)
             scaler.update()
+            step_lr = optimizer.param_groups[-1]["lr"]  # the head's, for the log
             scheduler.step()
             if ema is not None:
                 ema.update(model)
             loss_sum += loss.detach()
             bar.update()
-            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            if not bar.disable and step % 20 == 0:  # .item() waits for the GPU: not every step
+                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         bar.close()
         if ctx.distributed:
             dist.all_reduce(loss_sum)
@@ -977,24 +1007,20 @@ def train(ctx: Context, args: argparse.Namespace) -> int:
             {
                 "epoch": epoch + 1,
                 "train_loss": train_loss,
-                "lr": optimizer.param_groups[-1]["lr"],
+                "lr": step_lr,
+                "best_of_epoch": which,
                 **{f"{k}/{m}": v for k, res in results.items() for m, v in res.items()},
             }
         )
         if ctx.is_main:
             parts = [f"epoch {epoch + 1}/{args.epochs}", f"loss {train_loss:.4f}"]
+            parts.append(f"lr {step_lr:.2e}")
             parts += [f"{k} {describe(res)}" for k, res in results.items()]
             parts.append(f"best mAP {100 * best_score:.2f} (epoch {best_epoch})")
             parts.append(f"{time.perf_counter() - epoch_start:.0f} s")
             _logger.info(" | ".join(parts))
-            if improved:
-                best = model if which == "model" else ema.module
-                best.save_pretrained(
-                    output / MODEL_DIR,
-                    repo_id=args.push_to_hub,
-                    metrics=card_metrics(results[which]),
-                    model_card={"notes": f"Weights of the {which} at epoch {epoch + 1}."},
-                )
+            if improved and args.export == "best":
+                export(model if which == "model" else ema.module, args, history[-1], which)
             atomic_torch_save(
                 {
                     "format": CHECKPOINT_FORMAT,
@@ -1033,22 +1059,27 @@ def train(ctx: Context, args: argparse.Namespace) -> int:
         atomic_write_text(output / f"weights-digest-rank{ctx.rank}.json", json.dumps(digest))
 
     if ctx.is_main and not stopped_early:
-        folder = output / MODEL_DIR
-        if not (folder / "config.json").is_file():  # no finite mAP was ever measured
-            model.save_pretrained(folder, repo_id=args.push_to_hub)
+        if args.export == "last" or best_epoch == 0:  # best: unless no finite mAP was measured
+            which = "EMA" if ema is not None else "model"
+            export(ema.module if ema is not None else model, args, history[-1], which)
+            entry = history[-1]
+        else:
+            entry = history[best_epoch - 1]
+            which = entry["best_of_epoch"]
         _logger.info(
-            "done in %.0f s; best mAP %.2f at epoch %d, saved in %s",
+            "done in %.0f s; best mAP %.2f at epoch %d; %s/ holds the %s of epoch %d (%s)",
             time.perf_counter() - start_time,
             100 * best_score,
             best_epoch,
-            folder,
+            output / MODEL_DIR,
+            which,
+            entry["epoch"],
+            describe(epoch_metrics(entry, which)),
         )
         if args.push_to_hub is not None:
-            best_model = cprfl_zoo.CPRFL.from_pretrained(folder)
-            last = history[best_epoch - 1] if best_epoch else {}
-            which = "EMA" if last.get("EMA/mAP", -1) >= last.get("model/mAP", -1) else "model"
-            metrics = {k.split("/", 1)[1]: v for k, v in last.items() if k.startswith(which + "/")}
-            info = best_model.push_to_hub(args.push_to_hub, metrics=card_metrics(metrics))
+            exported = cprfl_zoo.CPRFL.from_pretrained(output / MODEL_DIR)
+            metrics = card_metrics(epoch_metrics(entry, which))
+            info = exported.push_to_hub(args.push_to_hub, metrics=metrics)
             _logger.info("pushed to https://huggingface.co/%s (%s)", args.push_to_hub, info)
     barrier(ctx)
     return 0

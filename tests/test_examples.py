@@ -156,13 +156,21 @@ def test_train_writes_checkpoint_model_and_logs(trained):
 
     log = (trained / "log.txt").read_text()
     for epoch in (1, 2):
-        assert re.search(rf"epoch {epoch}/2 \| loss [\d.]+ \| model mAP [\d.]+ .*\| EMA mAP", log)
+        assert re.search(
+            rf"epoch {epoch}/2 \| loss [\d.]+ \| lr \S+ \| model mAP [\d.]+ .*\| EMA mAP", log
+        )
     assert "FALLBACK: --text-encoder random" in log
     history = json.loads((trained / "metrics.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
     assert {"model/mAP", "model/mAP_tail", "EMA/mAP_head", "train_loss"} <= set(history[0])
 
     model = CPRFL.from_pretrained(trained / "model").eval()
+    exported = model.state_dict()  # --export last: the EMA after the last epoch
+    assert exported.keys() == ckpt["ema"].keys()
+    assert all(torch.equal(exported[k], ckpt["ema"][k]) for k in exported)
+    card = (trained / "model" / "README.md").read_text()
+    assert "EMA after epoch 2 of 2" in card
+    assert f"| mAP | {100 * history[1]['EMA/mAP']:.2f} |" in card
     assert model.class_names == list(DIGIT_NAMES)
     assert model.pretrained_cfg["input_size"] == (3, 32, 32)
     assert model.pretrained_cfg["crop_pct"] == 1.0
@@ -288,7 +296,13 @@ def test_train_on_image_lists_with_label_file(train_script, tmp_path):
     argv = [a for a in TINY_TRAIN if a not in ("--synthetic", "--dump-weights-digest")]
     argv += ["--train-list", str(tmp_path / "train.txt"), "--test-list", str(tmp_path / "test.txt")]
     argv += ["--image-root", str(tmp_path), "--classes", str(tmp_path / "labels.txt")]
-    assert train_script.main([*argv, "--epochs", "1", "--output", str(out), "--ema", "0"]) == 0
+    argv += ["--epochs", "2", "--output", str(out), "--ema", "0", "--export", "best"]
+    assert train_script.main(argv) == 0
+    history = json.loads((out / "metrics.json").read_text())
+    best = max(history, key=lambda h: h["model/mAP"])
+    card = (out / "model" / "README.md").read_text()
+    assert f"model after epoch {best['epoch']} of 2" in card
+    assert f"| mAP | {100 * best['model/mAP']:.2f} |" in card
     model = CPRFL.from_pretrained(out / "model")
     assert model.class_names == [f"digit {n}" for n in DIGIT_NAMES]
     ckpt = torch.load(out / "checkpoint-last.pth", map_location="cpu", weights_only=True)

@@ -392,17 +392,28 @@ class CPRFL(nn.Module):
     # ------------------------------------------------------------------ timm API
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Enable activation checkpointing in the backbone and the VSI."""
+        """Enable activation checkpointing in the backbone, the VSI and a trainable text tower."""
         self.grad_checkpointing = enable
-        if hasattr(self.backbone, "set_grad_checkpointing"):
-            self.backbone.set_grad_checkpointing(enable)
+        for _, module in self._submodels():
+            if hasattr(module, "set_grad_checkpointing"):
+                module.set_grad_checkpointing(enable)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        """Parameter names exempt from weight decay (the backbone's own list, prefixed)."""
-        fn = getattr(self.backbone, "no_weight_decay", None)
-        names = fn() if callable(fn) else set()
-        return {f"backbone.{n}" for n in names}
+        """Parameter names exempt from weight decay: the backbone's and text tower's own lists."""
+        names: set[str] = set()
+        for prefix, module in self._submodels():
+            fn = getattr(module, "no_weight_decay", None)
+            if callable(fn):
+                names |= {f"{prefix}.{n}" for n in fn()}
+        return names
+
+    def _submodels(self) -> list[tuple[str, nn.Module]]:
+        """The pretrained submodules that carry timm / open_clip training hooks, by prefix."""
+        subs: list[tuple[str, nn.Module]] = [("backbone", self.backbone)]
+        if self.text_tower is not None:
+            subs.append(("text_tower.text", self.text_tower.text))
+        return subs
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, str]:

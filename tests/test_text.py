@@ -546,6 +546,15 @@ def test_trainable_text_tower_gets_gradients(tiny: Path, online) -> None:
     assert not torch.allclose(model.get_class_embeddings(), before)
 
 
+def test_trainable_tower_joins_weight_decay_and_checkpointing_hooks(tiny: Path, online) -> None:
+    model = _trainable(tiny, ["dog", "cat"])
+    nwd = model.no_weight_decay()
+    assert "text_tower.text.positional_embedding" in nwd
+    assert "text_tower.text.positional_embedding" in dict(model.named_parameters())
+    model.set_grad_checkpointing(True)
+    assert model.text_tower.text.transformer.grad_checkpointing is True
+
+
 def test_trainable_eval_freezes_once(tiny: Path, online, monkeypatch: pytest.MonkeyPatch) -> None:
     model = _trainable(tiny, ["dog", "cat"]).eval()
     with torch.no_grad():

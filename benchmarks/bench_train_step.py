@@ -16,8 +16,9 @@ Every weight is random (nothing is downloaded). Three ways to get the class embe
 
 One model serves the three modes (its ``text_tower`` is swapped), stepped in alternation, round
 by round, so the ratios see the same machine load. Times are medians; on CUDA the memory one step
-allocates is recorded as well. On CPU the official-style step needs several GB (the 77-token
-context of 80 prompts through 12 layers, kept for the backward pass).
+allocates is recorded as well. On CPU the run needs about 9 GB of memory (the official-style step
+keeps the 77-token context of 80 prompts through 12 layers for the backward pass) and a step
+takes seconds to tens of seconds.
 
 Run: ``OMP_NUM_THREADS=2 python benchmarks/bench_train_step.py [--quick] [--device cuda
 --dtype bfloat16]``
@@ -151,7 +152,8 @@ def run(quick: bool = False, device: str = "cpu", dtype: str = "float32") -> lis
     """Time one training step in each mode, the modes alternating round by round.
 
     Args:
-        quick: Fewer rounds (2 instead of 3 on CPU; 5 instead of 20 on CUDA).
+        quick: Fewer rounds (1 instead of 3 on CPU, after the warm-up step of each mode; 5
+            instead of 20 on CUDA).
         device: ``"cpu"`` or ``"cuda"``.
         dtype: ``"float32"``, or ``"bfloat16"`` / ``"float16"`` for autocast.
 
@@ -164,7 +166,7 @@ def run(quick: bool = False, device: str = "cpu", dtype: str = "float32") -> lis
     if dev.type == "cuda":
         rounds, iters = (5, 3) if quick else (20, 5)
     else:
-        rounds, iters = (2, 1) if quick else (3, 1)
+        rounds, iters = (1, 1) if quick else (3, 1)
     with tempfile.TemporaryDirectory(prefix="cprfl-bench-step-") as tmp:
         checkpoint = write_random_clip_checkpoint(Path(tmp) / "rn50-quickgelu.safetensors")
         model, towers = _build(checkpoint)

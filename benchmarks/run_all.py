@@ -272,6 +272,8 @@ def run_benchmarks(
             module = load(bench.module)
             entry["rows"] = call_run(module.run, quick, device, dtype)
             summary.extend(bench.summarize(entry["rows"]))
+            if callable(getattr(module, "format_rows", None)):
+                log(module.format_rows(entry["rows"]))
         except Exception as e:  # one broken benchmark must not lose the others' results
             entry["error"] = f"{type(e).__name__}: {e}"
             entry["traceback"] = traceback.format_exc()
@@ -418,6 +420,7 @@ def write_json_atomic(path: Path, data: Any) -> Path:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates the file readable by its owner only
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

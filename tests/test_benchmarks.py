@@ -41,13 +41,18 @@ def test_run_benchmarks_passes_only_accepted_options_and_summarizes():
         return [{"case": "b", "ours_s": 2.0, "other_s": 1.0}]
 
     modules = {"m1": _fake_module("m1", run_cpu_only), "m2": _fake_module("m2", run_full)}
+    modules["m2"].format_rows = lambda rows: f"TABLE of {len(rows)} row(s)"
     benches = [
         run_all.Benchmark("one", "m1", _fake_summary, "first"),
         run_all.Benchmark("two", "m2", _fake_summary, "second"),
     ]
+    messages = []
     out = run_all.run_benchmarks(
-        benches, quick=True, device="cpu", dtype="float32", load=modules.__getitem__, log=None
-    )
+        benches, quick=True, device="cpu", dtype="float32", load=modules.__getitem__,
+        log=messages.append,
+    )  # fmt: skip
+    assert "TABLE of 1 row(s)" in messages
+    assert messages[0] == "[run_all] one: first ..."
     assert calls == {
         "cpu_only": {"quick": True},
         "full": {"quick": True, "device": "cpu", "dtype": "float32"},

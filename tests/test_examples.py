@@ -115,6 +115,14 @@ def test_quickstart_fast_offline(tmp_path, capsys, monkeypatch):
     assert model.class_names == list(DIGIT_NAMES)
     assert len(list((tmp_path / "samples").glob("*.png"))) == 4
     assert "examples/predict.py" in out
+    # predict.py on a saved sample (PNG, timm's eval transform) agrees with the printout.
+    sample = tmp_path / "samples" / "test_0.png"
+    shown = re.search(rf"{re.escape(str(sample))}: shows .* predicted (.*)$", out, re.MULTILINE)
+    quick = {n: float(p) for n, p in re.findall(r"(\w+) (\d\.\d\d)", shown.group(1))}
+    predict = load_example("predict")
+    assert predict.main([str(folder), str(sample), "--threshold", "0"]) == 0
+    predicted = {n: p for p, n in _printed(capsys.readouterr().out)}
+    assert len(quick) == 3 and all(abs(predicted[n] - p) < 0.02 for n, p in quick.items())
 
 
 @pytest.mark.parametrize(
@@ -351,7 +359,9 @@ def test_predict_prints_the_models_top_labels(predict_script, trained, sample_pn
     assert len(_printed(capsys.readouterr().out)) == 10  # every label reaches probability 0
 
 
-def test_predict_errors_name_the_file(predict_script, trained, sample_png, tmp_path, capsys):
+def test_predict_errors_name_the_file(
+    predict_script, trained, sample_png, tmp_path, capsys, monkeypatch
+):
     folder = str(trained / "model")
     cases = [
         ([folder, str(tmp_path / "nope.png")], f"image file not found: {tmp_path / 'nope.png'}"),
@@ -368,6 +378,11 @@ def test_predict_errors_name_the_file(predict_script, trained, sample_png, tmp_p
             predict_script.main(argv)
         assert err.value.code == 2
         assert re.search(message, capsys.readouterr().err), argv
+    with monkeypatch.context() as m:
+        m.setenv("HF_HUB_OFFLINE", "1")
+        m.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        with pytest.raises(SystemExit, match="cannot load model someone/missing-model"):
+            predict_script.main(["someone/missing-model", str(sample_png)])
     broken = tmp_path / "broken.png"
     broken.write_text("not an image")
     with pytest.raises(SystemExit, match=f"cannot read image {re.escape(str(broken))}"):

@@ -458,3 +458,18 @@ def test_train_with_trainable_text_encoder(train_script, tiny_clip_dir, tmp_path
     assert model.text_tower is not None
     embeddings = model.freeze_class_embeddings()
     assert embeddings.shape == (10, 16) and torch.isfinite(embeddings).all()
+
+
+LT_SPLITS = ROOT.parent / "shared" / "data" / "lt_splits"
+
+
+@pytest.mark.skipif(not LT_SPLITS.is_dir(), reason="the COCO-LT / VOC-LT split files are absent")
+def test_train_on_voc_lt_reads_the_split_and_names_missing_images(train_script, tmp_path):
+    argv = [a for a in TINY_TRAIN if a != "--synthetic"]
+    argv += ["--dataset", "voc-lt", "--data-root", str(tmp_path), "--split-root", str(LT_SPLITS)]
+    argv += ["--output", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as err:
+        train_script.main(argv)
+    message = str(err.value)
+    assert re.search(r"1142 of 1142 listed images are missing under ", message), message
+    assert re.search(r"voc_lt_train\.txt:1\)", message), message

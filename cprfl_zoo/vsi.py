@@ -22,6 +22,9 @@ from torch import nn
 
 __all__ = ["VSI", "PromptAttention"]
 
+# Largest score matrix (elements) the explicit CUDA path materialises; beyond it SDPA saves memory.
+_MAX_EXPLICIT_SCORES = 2**28
+
 
 class PromptAttention(nn.Module):
     """Multi-head attention whose queries are the prompts and whose keys span [F; P].
@@ -31,7 +34,8 @@ class PromptAttention(nn.Module):
 
     Attention runs through ``scaled_dot_product_attention`` (``fused_attn``, timm's switch: off
     with ``TIMM_FUSED_ATTN=0``), except on CUDA with heads wider than 256 (the paper's 512), which
-    no flash kernel covers; there an explicit matmul-softmax is faster.
+    no flash kernel covers: there an explicit matmul-softmax is faster, and is used while its
+    (B, heads, C, v + C) score matrix stays under 2**28 elements.
 
     Args:
         dim: Token width d.
@@ -84,7 +88,12 @@ class PromptAttention(nn.Module):
         kv = torch.cat([token_kv, prompt_qkv[:, inner:].expand(batch, -1, -1)], dim=1)
         kv = kv.reshape(batch, num_tokens + num_prompts, 2, h, hd).permute(2, 0, 3, 1, 4)
         dropout_p = self.attn_drop if self.training else 0.0
-        if self.fused_attn and not (tokens.is_cuda and hd > 256):
+        explicit = (
+            tokens.is_cuda
+            and hd > 256
+            and batch * h * num_prompts * kv.shape[3] <= _MAX_EXPLICIT_SCORES
+        )
+        if self.fused_attn and not explicit:
             out = F.scaled_dot_product_attention(
                 q.expand(batch, -1, -1, -1), kv[0], kv[1], dropout_p=dropout_p, scale=self.scale
             )

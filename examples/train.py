@@ -17,7 +17,7 @@ on the training list), a checkpoint is written atomically (``checkpoint-last.pth
 (optionally pushed to the Hub at the end with ``--push-to-hub``). Only rank 0 writes files.
 
 ``--batch-size`` is per process: with N processes each optimiser step sees N x batch-size images.
-See docs/training.md for a step-by-step guide.
+See docs/src/training.md for a step-by-step guide.
 """
 
 from __future__ import annotations

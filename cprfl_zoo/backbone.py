@@ -61,7 +61,26 @@ def create_backbone(
     kwargs.setdefault("global_pool", "")
     model = timm.create_model(backbone, pretrained=pretrained, num_classes=0, **kwargs)
     _check_contract(model)
+    _freeze_head_only_modules(model)
     return model
+
+
+def _freeze_head_only_modules(model: nn.Module) -> None:
+    """Freeze what only ``forward_head`` uses (e.g. ConvNeXt's and MambaOut's head norm).
+
+    timm names the classifier in ``pretrained_cfg["classifier"]``; when it lives inside a head
+    module (``"head.fc"``), the rest of that module (pre-logits norm, MLP) is not reached by
+    ``forward_features`` either. Frozen, its parameters stay in the state dict but stay out of
+    the optimiser and of DistributedDataParallel's gradient bookkeeping.
+    """
+    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    if not isinstance(classifier, str) or "." not in classifier:
+        return
+    head = model.get_submodule(classifier.rsplit(".", 1)[0])
+    names = [n for n, p in head.named_parameters() if p.requires_grad]
+    if names:
+        head.requires_grad_(False)
+        _logger.info("backbone head parameters unused by forward_features, frozen: %s", names)
 
 
 def _check_contract(module: nn.Module) -> None:

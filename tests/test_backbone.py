@@ -79,3 +79,13 @@ def test_width_mismatch_is_reported():
     bb = create_backbone("test_resnet")
     with pytest.raises(ValueError, match="declares num_features"):
         backbone_tokens(bb, torch.randn(1, bb.num_features + 1, 2, 2).transpose(1, 3)[..., :5])
+
+
+@pytest.mark.parametrize("name", ["test_convnext", "test_mambaout", "test_resnet", "test_vit"])
+def test_every_trainable_parameter_gets_a_gradient(name):
+    """DistributedDataParallel needs this; head-only norms (ConvNeXt, MambaOut) are frozen."""
+    bb = create_backbone(name)
+    backbone_tokens(bb, bb.forward_features(torch.randn(1, 3, 64, 64))).sum().backward()
+    missing = [n for n, p in bb.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    assert any(p.grad is not None for p in bb.parameters())

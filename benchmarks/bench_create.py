@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from cprfl_zoo.fileio import atomic_path
+
 CLIP_MODEL = "RN50-quickgelu"
 BACKBONE = "resnet101"
 
@@ -57,15 +59,8 @@ def write_random_clip_checkpoint(path: str | os.PathLike[str], seed: int = 0) ->
     finally:
         logging.root.setLevel(level)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
     return path
 
 

@@ -49,7 +49,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -60,6 +59,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from cprfl_zoo.fileio import atomic_write_text
 
 try:
     import _assets
@@ -461,15 +462,7 @@ def _run_benchmark(cfg: BenchConfig, fashion_dir: Path | None) -> dict[str, Any]
 
 def write_json(doc: dict[str, Any], path: Path = RESULTS) -> None:
     """Write the results atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(doc, indent=2))
 
 
 def format_table(doc: dict[str, Any]) -> str:

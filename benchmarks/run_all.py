@@ -32,7 +32,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -41,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from cprfl_zoo.fileio import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 RESULTS_DIR = HERE / "results"
@@ -412,21 +413,8 @@ def format_summary(summary: list[dict], previous: list[dict] | None = None) -> s
 
 def write_json_atomic(path: Path, data: Any) -> Path:
     """Write ``data`` as JSON through a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, allow_nan=True, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates the file readable by its owner only
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    text = json.dumps(data, indent=2, allow_nan=True, default=str) + "\n"
+    return atomic_write_text(path, text, mode=0o644)
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:

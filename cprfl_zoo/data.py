@@ -16,7 +16,6 @@ import hashlib
 import http.client
 import logging
 import os
-import tempfile
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +38,7 @@ from torchvision import transforms as T
 from torchvision.transforms.functional import to_tensor
 
 from .class_lists import COCO_LT_CLASSES, VOC_LT_CLASSES
+from .fileio import atomic_write_bytes, cache_root
 
 __all__ = [
     "LT_BENCHMARKS",
@@ -176,11 +176,7 @@ def default_cache_dir() -> Path:
     Returns:
         The cache folder.
     """
-    if os.environ.get("CPRFL_ZOO_CACHE"):
-        return Path(os.environ["CPRFL_ZOO_CACHE"]).expanduser() / "lt_splits"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "cprfl_zoo" / "lt_splits"
+    return cache_root() / "lt_splits"
 
 
 def _resolve_cache_dir(cache_dir: PathLike | None) -> Path:
@@ -189,18 +185,6 @@ def _resolve_cache_dir(cache_dir: PathLike | None) -> Path:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def download_lt_split(
@@ -269,7 +253,7 @@ def download_lt_split(
             f"{url} has SHA-256 {digest}, expected {expected}; not caching it "
             "(pass verify=False to accept a modified list)"
         )
-    _atomic_write(dest, data)
+    atomic_write_bytes(dest, data)
     return dest
 
 

@@ -21,13 +21,14 @@ import importlib.util
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from .fileio import atomic_write_text
 
 _logger = logging.getLogger(__name__)
 
@@ -283,17 +284,6 @@ def make_digit_composites(
     return SyntheticMultiLabelData(images, targets, DIGIT_NAMES, sources)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_image_list(
     data: SyntheticMultiLabelData, root: str | os.PathLike[str], split: str
 ) -> Path:
@@ -331,8 +321,8 @@ def write_image_list(
         Image.fromarray(pixels[i].numpy()).save(root / rel)
         ids = torch.nonzero(data.targets[i]).flatten().tolist()
         lines.append(" ".join([rel, *map(str, ids)]))
-    _atomic_write_text(root / "classes.txt", "\n".join(data.class_names) + "\n")
+    atomic_write_text(root / "classes.txt", "\n".join(data.class_names) + "\n")
     list_file = root / f"{split}.txt"
-    _atomic_write_text(list_file, "\n".join(lines) + "\n")
+    atomic_write_text(list_file, "\n".join(lines) + "\n")
     _logger.info("wrote %d %s images and %s", len(data), split, list_file)
     return list_file

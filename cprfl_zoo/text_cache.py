@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +27,8 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import save
+
+from .fileio import CACHE_ENV, atomic_write_bytes, cache_root
 
 __all__ = [
     "CACHE_ENV",
@@ -42,7 +43,6 @@ __all__ = [
     "write_cache_entry",
 ]
 
-CACHE_ENV = "CPRFL_ZOO_CACHE"
 FORMAT = "cprfl_zoo.text_embeddings/1"
 TENSOR_NAME = "embeddings"
 _SUBDIR = "text_embeddings"
@@ -60,12 +60,7 @@ def default_cache_dir() -> Path:
         ``$XDG_CACHE_HOME/cprfl_zoo/text_embeddings``, else
         ``~/.cache/cprfl_zoo/text_embeddings``.
     """
-    root = os.environ.get(CACHE_ENV)
-    if root:
-        return Path(root).expanduser() / _SUBDIR
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "cprfl_zoo" / _SUBDIR
+    return cache_root() / _SUBDIR
 
 
 def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -138,8 +133,6 @@ def save_embeddings_file(
     Raises:
         OSError: If the folder cannot be created or written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensor = embeddings.detach().to("cpu", torch.float32).contiguous()
     metadata = {
         "format": FORMAT,
@@ -148,19 +141,7 @@ def save_embeddings_file(
         "shape": _canonical_json(list(tensor.shape)),
         "provenance": _canonical_json(dict(provenance or {})),
     }
-    payload = save({TENSOR_NAME: tensor}, metadata=metadata)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_bytes(path, save({TENSOR_NAME: tensor}, metadata=metadata))
 
 
 def _first_key_difference(found: Mapping[str, Any], expected: Mapping[str, Any]) -> str:

@@ -31,7 +31,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,6 +55,7 @@ from cprfl_zoo.data import (
     get_lt_benchmark,
     read_label_file,
 )
+from cprfl_zoo.fileio import atomic_path, atomic_write_text
 from cprfl_zoo.losses import AsymmetricLoss
 from cprfl_zoo.metrics import MultiLabelEvaluator
 from cprfl_zoo.model import validate_class_inputs
@@ -507,27 +507,8 @@ def logging_to(ctx: Context, output: Path) -> Iterator[None]:
 # ---------------------------------------------------------------------- files
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file next to ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def state_digest(module: nn.Module) -> str:

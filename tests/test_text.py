@@ -301,7 +301,7 @@ def test_unwritable_cache_still_works_with_a_warning(
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(ro))
 
-    monkeypatch.setattr("cprfl_zoo.text_cache.tempfile.mkstemp", denied)
+    monkeypatch.setattr("cprfl_zoo.fileio.tempfile.mkstemp", denied)
     with pytest.warns(EmbeddingCacheWarning, match="Permission denied"):
         r = encode_class_names_info(names, TINY_NAME, tiny, cache_dir=ro)
     assert r.cache_file is None and list(ro.iterdir()) == []

@@ -19,14 +19,14 @@ import hashlib
 import json
 import os
 import re
+import struct
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save
+from safetensors.torch import load, save
 
 from .fileio import CACHE_ENV, atomic_write_bytes, cache_root
 
@@ -153,6 +153,20 @@ def _first_key_difference(found: Mapping[str, Any], expected: Mapping[str, Any])
     return "its key differs"
 
 
+def _header(data: bytes) -> tuple[dict[str, str], list[str]]:
+    """Return the metadata and the tensor names of a safetensors file held in memory."""
+    if len(data) < 8:
+        raise ValueError(f"{len(data)} bytes is shorter than a safetensors header")
+    (size,) = struct.unpack("<Q", data[:8])
+    if size > len(data) - 8:
+        raise ValueError(f"its header claims {size} bytes but the file has {len(data) - 8} more")
+    header = json.loads(data[8 : 8 + size])
+    if not isinstance(header, dict):
+        raise ValueError("its header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    return metadata, sorted(header)
+
+
 def load_embeddings_file(
     path: str | os.PathLike[str], key: Mapping[str, Any] | None = None
 ) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -171,15 +185,14 @@ def load_embeddings_file(
         OSError: If the file cannot be read.
     """
     path = Path(path)
+    # One read, then parse: safetensors' lazy safe_open may take the header and the tensor data
+    # from two different files when another process renames a new entry over this one meanwhile.
+    data = path.read_bytes()
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            names = list(f.keys())
-            if names != [TENSOR_NAME]:
-                raise ValueError(f"it holds tensors {names}, expected only {TENSOR_NAME!r}")
-            tensor = f.get_tensor(TENSOR_NAME)
-    except OSError:
-        raise
+        metadata, names = _header(data)
+        if names != [TENSOR_NAME]:
+            raise ValueError(f"it holds tensors {names}, expected only {TENSOR_NAME!r}")
+        tensor = load(data)[TENSOR_NAME]
     except Exception as e:  # safetensors raises its own error type for torn or garbled files
         raise ValueError(f"{path} is not a readable safetensors file ({e})") from e
     if metadata.get("format") != FORMAT:

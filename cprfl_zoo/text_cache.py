@@ -164,6 +164,8 @@ def _header(data: bytes) -> tuple[dict[str, str], list[str]]:
     if not isinstance(header, dict):
         raise ValueError("its header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise ValueError("its __metadata__ is not a JSON object")
     return metadata, sorted(header)
 
 

@@ -36,6 +36,7 @@ from cprfl_zoo.text_cache import (
 )
 
 COCO = list(COCO_LT_CLASSES)
+TENSOR = "embeddings"  # the tensor's name inside a cache file
 TEMPLATE = "a photo of a {}."
 
 
@@ -243,7 +244,9 @@ def _entry(tiny: Path, names: list[str]) -> Path:
     return default_cache_dir() / cache_file_name(key)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "flip", "other-key", "empty"])
+@pytest.mark.parametrize(
+    "damage", ["truncate", "garbage", "flip", "other-key", "empty", "metadata-list"]
+)
 def test_corrupt_or_mismatching_file_is_reported_and_recomputed(
     tiny: Path, online, damage: str
 ) -> None:
@@ -259,6 +262,11 @@ def test_corrupt_or_mismatching_file_is_reported_and_recomputed(
         path.write_bytes(data[:-7] + bytes([data[-7] ^ 0xFF]) + data[-6:])
     elif damage == "empty":
         path.write_bytes(b"")
+    elif damage == "metadata-list":
+        header = {"__metadata__": ["not", "a", "dict"]}
+        header[TENSOR] = {"dtype": "F32", "shape": [6, 16], "data_offsets": [0, 384]}
+        raw = json.dumps(header).encode()
+        path.write_bytes(len(raw).to_bytes(8, "little") + raw + bytes(384))
     else:  # a valid file written for other class names, sitting at this entry's path
         other = TextEncoderSpec.resolve(TINY_NAME, tiny).cache_key(["cat"] * 1 + names[1:])
         from cprfl_zoo.text_cache import save_embeddings_file
@@ -268,6 +276,7 @@ def test_corrupt_or_mismatching_file_is_reported_and_recomputed(
         "truncate": "not a readable safetensors",
         "garbage": "not a readable safetensors",
         "empty": "not a readable safetensors",
+        "metadata-list": "__metadata__ is not a JSON object",
         "flip": "checksum",
         "other-key": "class names differ",
     }[damage]

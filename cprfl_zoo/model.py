@@ -16,7 +16,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -27,6 +27,9 @@ from .backbone import backbone_tokens, create_backbone
 from .hub import check_state_dict
 from .prompt_init import PromptInit
 from .vsi import VSI
+
+if TYPE_CHECKING:
+    from .deploy import DeployedCPRFL
 
 _logger = logging.getLogger(__name__)
 
@@ -485,6 +488,22 @@ class CPRFL(nn.Module):
             Logits (B, C).
         """
         return self.forward_head(self.forward_features(x))
+
+    # ------------------------------------------------------------------ deployment
+    def deploy(self) -> DeployedCPRFL:
+        """Return an inference-only copy for the current label set, with the same logits.
+
+        Everything that does not depend on the image (prompts, their LayerNorm, queries,
+        keys/values, the prompt-to-prompt attention and the classifier vectors) is computed once;
+        see :class:`~cprfl_zoo.deploy.DeployedCPRFL`. This model is left unchanged. After
+        :meth:`set_classes` or more training, call ``deploy()`` again.
+
+        Returns:
+            The deployed module, in eval mode; export it with :mod:`cprfl_zoo.export`.
+        """
+        from .deploy import DeployedCPRFL
+
+        return DeployedCPRFL(self)
 
     # ------------------------------------------------------------------ sharing
     def save_pretrained(

@@ -127,6 +127,7 @@ def compose_canvases(
     rng: np.random.Generator,
     min_objects: int = 1,
     max_objects: int = GRID * GRID,
+    replace: bool = False,
 ) -> list[list[tuple[int, int]]]:
     """Group class occurrences into canvases of distinct classes.
 
@@ -142,6 +143,8 @@ def compose_canvases(
         rng: The random generator (the only source of randomness).
         min_objects: Smallest number of objects per canvas.
         max_objects: Largest number of objects per canvas (at most 4, one per grid cell).
+        replace: Draw each class's source images with replacement (for pools of a few images,
+            such as one drawing per emoji style).
 
     Returns:
         The canvases, each a list of (class, source index) pairs.
@@ -161,9 +164,9 @@ def compose_canvases(
         raise ValueError(f"counts must be non-negative, got {counts}")
     draws = []
     for c, (n, pool) in enumerate(zip(counts, pools, strict=True)):
-        if n > len(pool):
+        if (n > len(pool) and not replace) or (n > 0 and len(pool) == 0):
             raise ValueError(f"class {c} needs {n} source images but its pool has {len(pool)}")
-        draws.append(list(rng.choice(np.asarray(pool), size=int(n), replace=False)))
+        draws.append(list(rng.choice(np.asarray(pool), size=int(n), replace=replace)))
     remaining = counts.copy()
     canvases: list[list[tuple[int, int]]] = []
     while remaining.sum() > 0:
@@ -247,3 +250,116 @@ def compose_set(
         targets[i, [cls for cls, _ in canvas]] = 1
         slots[i, : len(idx)] = idx
     return ComposedSet(images, targets, slots, np.asarray(counts, dtype=np.int64))
+
+
+# ---------------------------------------------------------------------- colour (RGBA) objects
+MAX_ROTATION = 30.0  # degrees either way
+MIN_RGBA_SCALE = 0.6  # smallest RGBA object, as a fraction of the cell
+
+
+def random_background(canvas_size: int, rng: np.random.Generator) -> np.ndarray:
+    """A varied RGB background: a flat colour or a linear gradient, plus pixel noise.
+
+    Args:
+        canvas_size: S, the side in pixels.
+        rng: The random generator.
+
+    Returns:
+        (S, S, 3) float32 image in [0, 255].
+    """
+    low, high = rng.uniform(0, 255, size=(2, 3)).astype(np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = np.linspace(-0.5, 0.5, canvas_size, dtype=np.float32)
+    t = np.cos(angle) * ramp[None, :] + np.sin(angle) * ramp[:, None]
+    t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+    if rng.random() < 0.3:  # flat colour
+        t = np.zeros_like(t)
+    image = low + (high - low) * t[..., None]
+    image += rng.normal(0, rng.uniform(0, 12), size=image.shape).astype(np.float32)
+    return np.clip(image, 0, 255)
+
+
+def render_rgba_canvas(
+    objects: Sequence[np.ndarray], canvas_size: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Alpha-composite up to four RGBA objects, one per cell of a 2x2 grid, on a background.
+
+    Each object is resized to 60-100 % of a cell, rotated by up to 30 degrees either way and
+    placed at a random offset in its own cell over :func:`random_background`.
+
+    Args:
+        objects: (h, w, 4) uint8 RGBA images.
+        canvas_size: S, the side of the canvas in pixels (even).
+        rng: The random generator for the background, cells, sizes, angles and offsets.
+
+    Returns:
+        (S, S, 3) uint8 canvas.
+
+    Raises:
+        ValueError: For more objects than cells, an object that is not RGBA, or an odd or too
+            small canvas.
+    """
+    if len(objects) > GRID * GRID:
+        raise ValueError(f"at most {GRID * GRID} objects fit on a canvas, got {len(objects)}")
+    if canvas_size % GRID or canvas_size < 4 * GRID:
+        raise ValueError(f"canvas_size must be even and at least {4 * GRID}, got {canvas_size}")
+    cell = canvas_size // GRID
+    canvas = Image.fromarray(random_background(canvas_size, rng).astype(np.uint8)).convert("RGBA")
+    cells = rng.permutation(GRID * GRID)[: len(objects)]
+    for obj, where in zip(objects, cells, strict=True):
+        if obj.ndim != 3 or obj.shape[2] != 4 or obj.dtype != np.uint8:
+            raise ValueError(f"objects must be (h, w, 4) uint8 RGBA, got {obj.shape} {obj.dtype}")
+        side = int(rng.integers(int(np.ceil(MIN_RGBA_SCALE * cell)), cell + 1))
+        angle = float(rng.uniform(-MAX_ROTATION, MAX_ROTATION))
+        patch = Image.fromarray(obj).resize((side, side), Image.BILINEAR)
+        patch = patch.rotate(angle, resample=Image.BILINEAR)
+        top = (where // GRID) * cell + int(rng.integers(0, cell - side + 1))
+        left = (where % GRID) * cell + int(rng.integers(0, cell - side + 1))
+        canvas.alpha_composite(patch, (left, top))
+    return np.asarray(canvas.convert("RGB"))
+
+
+def compose_rgba_set(
+    images: np.ndarray,
+    pools: Sequence[np.ndarray],
+    counts: Sequence[int],
+    *,
+    rng: np.random.Generator,
+    canvas_size: int,
+    min_objects: int = 1,
+    max_objects: int = GRID * GRID,
+) -> ComposedSet:
+    """Compose and render a multi-label set of RGBA objects, sources drawn with replacement.
+
+    Class ``c`` is on exactly ``counts[c]`` canvases (:func:`compose_canvases`); each of its
+    objects is a source image drawn at random from ``pools[c]`` (e.g. the same emoji in two
+    drawing styles), rendered by :func:`render_rgba_canvas`.
+
+    Args:
+        images: (M, h, w, 4) uint8 RGBA source images.
+        pools: C arrays of indices into ``images``, the drawings of each class.
+        counts: (C,) number of canvases holding each class (0 leaves a class out).
+        rng: The random generator (the only source of randomness).
+        canvas_size: Side of the canvases in pixels.
+        min_objects: Smallest number of objects per canvas.
+        max_objects: Largest number of objects per canvas.
+
+    Returns:
+        The composed set, images (N, S, S, 3) uint8.
+
+    Raises:
+        ValueError: If ``images`` is not (M, h, w, 4) uint8 or an argument is out of range.
+    """
+    if images.ndim != 4 or images.shape[3] != 4 or images.dtype != np.uint8:
+        raise ValueError(f"images must be (M, h, w, 4) uint8, got {images.shape} {images.dtype}")
+    canvases = compose_canvases(counts, pools, rng, min_objects, max_objects, replace=True)
+    n, c = len(canvases), len(pools)
+    out = np.zeros((n, canvas_size, canvas_size, 3), dtype=np.uint8)
+    targets = np.zeros((n, c), dtype=np.uint8)
+    slots = np.full((n, GRID * GRID), -1, dtype=np.int64)
+    for i, canvas in enumerate(canvases):
+        idx = [src for _, src in canvas]
+        out[i] = render_rgba_canvas([images[j] for j in idx], canvas_size, rng)
+        targets[i, [cls for cls, _ in canvas]] = 1
+        slots[i, : len(idx)] = idx
+    return ComposedSet(out, targets, slots, np.asarray(counts, dtype=np.int64))

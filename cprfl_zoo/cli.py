@@ -41,12 +41,17 @@ def read_class_names(source: str) -> list[str]:
         The class names, in order.
 
     Raises:
-        CommandError: If the file does not exist and ``source`` is no built-in list, or the file
-            holds no names.
+        CommandError: If the file does not exist and ``source`` is no built-in list, is a
+            folder, is not UTF-8 (file and line named), or holds no names.
     """
     from .class_lists import get_class_names
+    from .data import read_text_lines
 
     path = Path(source)
+    if path.is_dir():
+        raise CommandError(
+            f"--classes {source} is a folder; expected a text file with one class name per line"
+        )
     if not path.is_file():
         try:
             return get_class_names(source)
@@ -54,7 +59,11 @@ def read_class_names(source: str) -> list[str]:
             raise CommandError(
                 f"--classes {source}: no such file, and not a built-in list (coco-lt, voc-lt)"
             ) from None
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    try:
+        lines = read_text_lines(path, "classes file")
+    except (OSError, ValueError) as e:
+        raise CommandError(f"--classes {e}") from None
+    names = [line.strip() for line in lines]
     names = [n for n in names if n]
     if not names:
         raise CommandError(f"--classes {source}: the file holds no class names")

@@ -41,7 +41,7 @@ import torch
 
 from .class_lists import get_class_names
 from .hub import check_state_dict
-from .model import CPRFL, validate_class_inputs
+from .model import CPRFL, validate_class_inputs, validate_head_args
 
 _logger = logging.getLogger(__name__)
 
@@ -108,9 +108,14 @@ def load_official_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Te
 
     Raises:
         FileNotFoundError: If the file does not exist.
+        IsADirectoryError: If ``path`` is a folder.
         ValueError: If it holds no tensors in a recognised layout, or cannot be read safely.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"official checkpoint {path} is a folder; expected the .pth / .pth.tar file"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"official checkpoint {path} does not exist")
     try:
@@ -347,8 +352,7 @@ def convert_official_state_dict(
             or bad class names.
     """
     names = _resolve_class_names(class_names)
-    if num_heads <= 0:
-        raise ValueError(f"num_heads must be positive, got {num_heads}")
+    validate_head_args({"num_heads": num_heads, "drop_rate": drop_rate})
     _check_supported(state_dict, source)
     backbone = _infer_backbone(state_dict, source)
     mapped, linear_pi, unknown = _map_head(state_dict)

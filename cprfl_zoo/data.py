@@ -16,6 +16,7 @@ import hashlib
 import http.client
 import logging
 import os
+import re
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -55,6 +56,7 @@ __all__ = [
     "lt_split_path",
     "read_image_list",
     "read_label_file",
+    "read_text_lines",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -336,6 +338,65 @@ class ImageListEntries:
         return torch.bincount(cols, minlength=self.num_classes)
 
 
+# ASCII digits only: int() also takes "+1", "1_0" (= 10) and non-ASCII digits such as "١".
+_CLASS_ID = re.compile(r"-?[0-9]+")
+
+
+def _parse_class_id(token: str) -> int | None:
+    return int(token) if _CLASS_ID.fullmatch(token) else None
+
+
+def read_text_lines(path: PathLike, what: str) -> list[str]:
+    """Read a UTF-8 text file (an optional BOM is dropped) and return its lines.
+
+    Lines are split at line feeds only, so line numbers are those an editor shows; a trailing
+    carriage return is kept (callers split on whitespace or strip).
+
+    Args:
+        path: The file.
+        what: What the file is, for messages (``"image list"``, ``"label file"``).
+
+    Returns:
+        The lines, without their line feeds.
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        IsADirectoryError: If ``path`` is a folder.
+        ValueError: If the file is not UTF-8 (the message names file, line and byte).
+    """
+    source = Path(path)
+    if source.is_dir():
+        raise IsADirectoryError(f"{what} {source} is a folder; expected a text file")
+    if not source.is_file():
+        raise FileNotFoundError(f"{what} not found: {source}")
+    data = source.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ValueError(
+            f"{source}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+            f"save the {what} as UTF-8"
+        ) from None
+    return text.split("\n")
+
+
+def _check_inside_root(entries: ImageListEntries, root: Path) -> None:
+    for rel, lineno in zip(entries.paths, entries.line_numbers, strict=True):
+        normal = os.path.normpath(rel)
+        if (
+            os.path.isabs(rel)
+            or Path(rel).anchor
+            or normal == ".."
+            or normal.startswith(".." + os.sep)
+        ):
+            raise ValueError(
+                f"{entries.source}:{lineno}: image path {rel!r} leaves the image root {root} "
+                "(an absolute path or '..'); list paths relative to the root, or pass "
+                "allow_outside_root=True to read images anywhere"
+            )
+
+
 def _check_num_classes(num_classes: int) -> None:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
@@ -346,10 +407,10 @@ def read_image_list(path: PathLike, num_classes: int) -> ImageListEntries:
 
     Fields are separated by any whitespace (trailing spaces and CRLF line ends are fine), so
     paths cannot contain spaces. An entry may have no class id (an image without labels); blank
-    lines are skipped. Class ids are 0-based integers.
+    lines are skipped. Class ids are 0-based integers written in ASCII digits.
 
     Args:
-        path: The list file (UTF-8 text).
+        path: The list file (UTF-8 text; a BOM is dropped).
         num_classes: Number of classes; every id must be in ``[0, num_classes)``.
 
     Returns:
@@ -357,39 +418,40 @@ def read_image_list(path: PathLike, num_classes: int) -> ImageListEntries:
 
     Raises:
         FileNotFoundError: If the list file does not exist.
-        ValueError: If ``num_classes`` is not a positive int, the file has no entry, or a line
-            has a non-integer or out-of-range class id (the message names file and line).
+        IsADirectoryError: If ``path`` is a folder.
+        ValueError: If ``num_classes`` is not a positive int, the file is not UTF-8 or has no
+            entry, or a line has a class id that is not ASCII digits or is out of range (the
+            message names file and line).
     """
     _check_num_classes(num_classes)
     source = Path(path)
-    if not source.is_file():
-        raise FileNotFoundError(f"image list not found: {source}")
+    lines = read_text_lines(source, "image list")
     paths: list[str] = []
     labels: list[tuple[int, ...]] = []
     line_numbers: list[int] = []
-    with source.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            ids = []
-            for token in fields[1:]:
-                try:
-                    ids.append(int(token))
-                except ValueError:
-                    raise ValueError(
-                        f"{source}:{lineno}: malformed line, class id {token!r} is not an "
-                        f"integer (expected 'relative/path.jpg id id ...'): {line.rstrip()!r}"
-                    ) from None
-            bad = [c for c in ids if not 0 <= c < num_classes]
-            if bad:
+    for lineno, line in enumerate(lines, start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        ids = []
+        for token in fields[1:]:
+            class_id = _parse_class_id(token)
+            if class_id is None:
                 raise ValueError(
-                    f"{source}:{lineno}: class id {bad[0]} out of range [0, {num_classes}) "
-                    f"for image {fields[0]!r}"
+                    f"{source}:{lineno}: malformed line, class id {token!r} is not an integer "
+                    f"of ASCII digits (expected 'relative/path.jpg id id ...'): "
+                    f"{line.rstrip()!r}"
                 )
-            paths.append(fields[0])
-            labels.append(tuple(sorted(set(ids))))
-            line_numbers.append(lineno)
+            ids.append(class_id)
+        bad = [c for c in ids if not 0 <= c < num_classes]
+        if bad:
+            raise ValueError(
+                f"{source}:{lineno}: class id {bad[0]} out of range [0, {num_classes}) "
+                f"for image {fields[0]!r}"
+            )
+        paths.append(fields[0])
+        labels.append(tuple(sorted(set(ids))))
+        line_numbers.append(lineno)
     if not paths:
         raise ValueError(f"image list {source} has no entries")
     return ImageListEntries(
@@ -408,36 +470,33 @@ def read_label_file(path: PathLike) -> list[str]:
     are fine. Ids must be exactly ``0 .. C-1``, in any order.
 
     Args:
-        path: The label file.
+        path: The label file (UTF-8; a BOM is dropped).
 
     Returns:
         The class names ordered by id.
 
     Raises:
         FileNotFoundError: If the file does not exist.
-        ValueError: If a line is malformed or the ids are not ``0 .. C-1`` (the message names
-            file and line).
+        IsADirectoryError: If ``path`` is a folder.
+        ValueError: If the file is not UTF-8, a line is malformed, an id is not ASCII digits,
+            or the ids are not ``0 .. C-1`` (the message names file and line).
     """
     source = Path(path)
-    if not source.is_file():
-        raise FileNotFoundError(f"label file not found: {source}")
     names: dict[int, str] = {}
-    with source.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) < 2:
-                raise ValueError(f"{source}:{lineno}: expected 'name id', got {line.rstrip()!r}")
-            try:
-                class_id = int(fields[-1])
-            except ValueError:
-                raise ValueError(
-                    f"{source}:{lineno}: class id {fields[-1]!r} is not an integer"
-                ) from None
-            if class_id in names:
-                raise ValueError(f"{source}:{lineno}: class id {class_id} appears twice")
-            names[class_id] = " ".join(fields[:-1])
+    for lineno, line in enumerate(read_text_lines(source, "label file"), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) < 2:
+            raise ValueError(f"{source}:{lineno}: expected 'name id', got {line.rstrip()!r}")
+        class_id = _parse_class_id(fields[-1])
+        if class_id is None or class_id < 0:
+            raise ValueError(
+                f"{source}:{lineno}: class id {fields[-1]!r} is not an integer of ASCII digits"
+            )
+        if class_id in names:
+            raise ValueError(f"{source}:{lineno}: class id {class_id} appears twice")
+        names[class_id] = " ".join(fields[:-1])
     if not names:
         raise ValueError(f"label file {source} has no entries")
     if sorted(names) != list(range(len(names))):
@@ -462,6 +521,9 @@ class MultiLabelImageList(Dataset):
         class_names: Optional class names (one per class).
         check_files: Check at construction that every listed image exists, so that a missing
             image fails at once instead of in a data-loader worker.
+        allow_outside_root: Accept absolute paths and paths with ``..`` that leave
+            ``image_root``. Off by default: a list file then cannot make the dataset read (or
+            probe for) files elsewhere on the machine.
 
     Attributes:
         entries: The parsed :class:`ImageListEntries`.
@@ -470,9 +532,9 @@ class MultiLabelImageList(Dataset):
         neg_class_counts: ``(C,)`` int64 number of images not containing each class.
 
     Raises:
-        ValueError: On a malformed list (file and line named), an out-of-range class id,
-            missing or inconsistent ``num_classes`` / ``class_names``, or a non-callable
-            transform.
+        ValueError: On a malformed list (file and line named), an out-of-range class id, a path
+            that leaves ``image_root`` (file and line named), missing or inconsistent
+            ``num_classes`` / ``class_names``, or a non-callable transform.
         FileNotFoundError: If the list, the image root or (with ``check_files``) an image is
             missing; the message names the image and its line in the list.
     """
@@ -486,6 +548,7 @@ class MultiLabelImageList(Dataset):
         *,
         class_names: Sequence[str] | None = None,
         check_files: bool = True,
+        allow_outside_root: bool = False,
     ) -> None:
         if num_classes is None:
             if class_names is None:
@@ -501,6 +564,8 @@ class MultiLabelImageList(Dataset):
         if not self.image_root.is_dir():
             raise FileNotFoundError(f"image root is not a folder: {self.image_root}")
         self.entries = read_image_list(list_file, num_classes)
+        if not allow_outside_root:
+            _check_inside_root(self.entries, self.image_root)
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names is not None else None
         self.transform = transform

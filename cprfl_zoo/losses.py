@@ -255,6 +255,8 @@ def _check_multilabel_values(logits: torch.Tensor, targets: torch.Tensor) -> boo
     Returns:
         Whether any target equals ``UNKNOWN_TARGET``.
     """
+    if targets.numel() == 0:  # an empty batch (or no classes): nothing to check
+        return False
     # A sum of the logits is non-finite if any logit is; it can overflow, hence the recheck below.
     stats = [logits.detach().sum(dtype=torch.float32 if logits.itemsize < 4 else None)]
     if targets.dtype != torch.bool:
@@ -606,7 +608,8 @@ class ASLSingleLabel(nn.Module):
             target_term = weighted.gather(-1, target.long().unsqueeze(-1)).squeeze(-1)
             loss = -((1 - self.eps) * target_term + (self.eps / num_classes) * weighted.sum(-1))
         if reduction == "mean":
-            return loss.mean()
+            # The mean of an empty batch is 0 (not NaN), with a zero gradient of the right shape.
+            return loss.mean() if loss.numel() else loss.sum()
         if reduction == "sum":
             return loss.sum()
         return loss
@@ -630,6 +633,11 @@ def _check_single_label_inputs(logits: torch.Tensor, target: torch.Tensor) -> No
     if logits.ndim != 2:
         raise ValueError(
             f"logits must have shape (batch, num_classes), got shape {tuple(logits.shape)}"
+        )
+    if logits.shape[1] == 0:
+        raise ValueError(
+            f"logits have no classes (shape {tuple(logits.shape)}); single-label "
+            "classification needs at least one"
         )
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise TypeError(

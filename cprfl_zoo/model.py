@@ -11,8 +11,10 @@ backbone's local tokens:
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,7 +26,7 @@ from timm.models._manipulate import checkpoint
 from torch import nn
 
 from .backbone import backbone_tokens, create_backbone
-from .hub import check_state_dict
+from .hub import check_saved_model_args, pretrained_filter, saved_config_name
 from .prompt_init import PromptInit
 from .vsi import VSI
 
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["CPRFL", "validate_class_inputs"]
+__all__ = ["CPRFL", "validate_class_inputs", "validate_head_args"]
 
 _DATA_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
 
@@ -54,7 +56,7 @@ def validate_class_inputs(
         ValueError: On empty, duplicate or non-string names, or embeddings of the wrong shape.
         TypeError: If ``class_names`` is a bare string or embeddings are not a tensor.
     """
-    if isinstance(class_names, str) or not isinstance(class_names, Sequence):
+    if isinstance(class_names, (str, bytes, bytearray)) or not isinstance(class_names, Sequence):
         raise TypeError(
             f"class_names must be a sequence of strings, got {type(class_names).__name__}"
         )
@@ -79,6 +81,15 @@ def validate_class_inputs(
             raise TypeError(
                 f"text_embeddings must be a torch.Tensor, got {type(text_embeddings).__name__}"
             )
+        if text_embeddings.is_complex():
+            raise TypeError(
+                f"text_embeddings must be a real (float) tensor, got dtype {text_embeddings.dtype}"
+            )
+        if text_embeddings.is_meta:
+            raise ValueError(
+                "text_embeddings are on the meta device and hold no values; pass a tensor with "
+                "values (on the CPU or an accelerator)"
+            )
         if text_embeddings.ndim != 2:
             raise ValueError(
                 f"text_embeddings must have shape (num_classes, embed_dim), got "
@@ -89,9 +100,83 @@ def validate_class_inputs(
                 f"text_embeddings has {text_embeddings.shape[0]} rows but there are "
                 f"{len(names)} class names; expected one embedding per class"
             )
-        if not torch.isfinite(text_embeddings).all():
-            raise ValueError("text_embeddings contains NaN or infinite values")
+        if text_embeddings.shape[1] == 0:
+            raise ValueError(
+                f"text_embeddings have width 0 (shape {tuple(text_embeddings.shape)}); expected "
+                "(num_classes, embed_dim) with embed_dim >= 1"
+            )
+        # The model stores float32: a float64 value beyond float32's range becomes inf there.
+        if not torch.isfinite(text_embeddings.detach().to(torch.float32)).all():
+            raise ValueError(
+                "text_embeddings contains NaN or infinite values (checked as float32, the "
+                "model's storage type: float64 values beyond about 3.4e38 overflow to inf)"
+            )
     return names
+
+
+
+_SIZE_ARGS = ("embed_dim", "dim", "num_heads", "head_dim", "mlp_hidden_dim", "in_chans")
+_RATE_ARGS = ("drop_rate", "attn_drop_rate")
+_BOOL_ARGS = (
+    "qkv_bias",
+    "pi_linear",
+    "detach_classifier_prompts",
+    "detach_refined_features",
+    "cosine_classifier",
+    "pretrained_backbone",
+    "trainable_text_encoder",
+)
+
+
+def validate_head_args(args: Mapping[str, Any], *, strict_types: bool = False) -> None:
+    """Check the head sizes and rates among CPRFL's arguments (only the keys present).
+
+    Sizes (``embed_dim``, ``dim``, ``num_heads``, ``head_dim``, ``mlp_hidden_dim``,
+    ``in_chans``) must be positive ints: timm's ``Mlp`` would read ``mlp_hidden_dim=0`` as
+    "the input width". Dropout rates must be in [0, 1) and ``pi_mlp_ratio`` a positive number.
+    Each message starts with the argument's name.
+
+    Args:
+        args: Argument name to value (``embed_dim=None`` is skipped).
+        strict_types: Also require the flags (``qkv_bias``, ``pi_linear``, ...) to be bools,
+            as in a saved config, where the string ``"false"`` would read as true.
+
+    Raises:
+        ValueError: Naming the first argument that is out of range or of the wrong type.
+    """
+    for key in _SIZE_ARGS:
+        value = args.get(key)
+        if key not in args or (value is None and key == "embed_dim"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+            raise ValueError(f"{key} must be a positive int, got {value!r}{_type_note(value)}")
+    for key in _RATE_ARGS:
+        if key in args:
+            value = args[key]
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+                raise ValueError(
+                    f"{key} must be a number in [0, 1), got {value!r}{_type_note(value)}"
+                )
+    if "pi_mlp_ratio" in args:
+        value = args["pi_mlp_ratio"]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or not (math.isfinite(value) and value > 0)
+        ):
+            raise ValueError(
+                f"pi_mlp_ratio must be a positive number, got {value!r}{_type_note(value)}"
+            )
+    if strict_types:
+        for key in _BOOL_ARGS:
+            if key in args and not isinstance(args[key], bool):
+                raise ValueError(
+                    f"{key} must be true or false, got {args[key]!r}{_type_note(args[key])}"
+                )
+
+
+def _type_note(value: Any) -> str:
+    return "" if isinstance(value, (int, float)) else f" ({type(value).__name__})"
 
 
 class CPRFL(nn.Module):
@@ -185,9 +270,19 @@ class CPRFL(nn.Module):
                 "text embeddings (see cprfl_zoo.encode_class_names), or create the model with "
                 "cprfl_zoo.create_cprfl, which computes them from the class names"
             )
-        for arg, value in (("dim", dim), ("num_heads", num_heads), ("head_dim", head_dim)):
-            if value <= 0:
-                raise ValueError(f"{arg} must be positive, got {value}")
+        validate_head_args(
+            {
+                "embed_dim": embed_dim,
+                "dim": dim,
+                "num_heads": num_heads,
+                "head_dim": head_dim,
+                "mlp_hidden_dim": mlp_hidden_dim,
+                "in_chans": in_chans,
+                "drop_rate": drop_rate,
+                "attn_drop_rate": attn_drop_rate,
+                "pi_mlp_ratio": pi_mlp_ratio,
+            }
+        )
 
         backbone_kwargs = dict(backbone_kwargs or {})
         if isinstance(backbone, str):
@@ -435,6 +530,24 @@ class CPRFL(nn.Module):
         return self.prompt_init
 
     def _check_input(self, x: torch.Tensor) -> None:
+        # Type, dtype and shape only: nothing here reads tensor values (no host sync).
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(
+                f"images must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}; "
+                "convert with torch.as_tensor(...) or use timm's transforms"
+            )
+        if not x.is_floating_point():
+            raise TypeError(
+                f"images must be a floating-point tensor, got dtype {x.dtype}; timm's transforms "
+                "give float32 (for uint8 pixels: x.float() / 255, then normalise with the "
+                "model's mean and std)"
+            )
+        weight_dtype = self.visual_proj.weight.dtype
+        if x.dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"images are {x.dtype} but the model's weights are {weight_dtype}; cast them "
+                f"with x.to({weight_dtype}) or run under torch.autocast"
+            )
         if x.ndim != 4:
             raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(x.shape)}")
         if x.shape[1] != self.in_chans:
@@ -442,6 +555,8 @@ class CPRFL(nn.Module):
                 f"images have {x.shape[1]} channels but the model expects {self.in_chans} "
                 f"(input shape {tuple(x.shape)})"
             )
+        if x.shape[2] == 0 or x.shape[3] == 0:
+            raise ValueError(f"images have an empty spatial size: shape {tuple(x.shape)}")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Compute the projected local visual tokens F.
@@ -642,11 +757,15 @@ def _create_cprfl(variant: str, pretrained: bool = False, **kwargs: Any) -> CPRF
     from .text import pop_text_encoder_kwargs, prepare_text_inputs
 
     text_kwargs = pop_text_encoder_kwargs(kwargs)
+    verify_checksum = bool(kwargs.pop("verify_checksum", True))
     build_args = {
         k: kwargs.pop(k)
         for k in ("pretrained_cfg", "pretrained_cfg_overlay", "pretrained_model_args", "cache_dir")
         if k in kwargs
     }
+    if "pretrained_model_args" in build_args:  # timm read them from a saved config.json
+        where = saved_config_name(build_args.get("pretrained_cfg"))
+        check_saved_model_args(build_args["pretrained_model_args"], where)
     model_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _HEAD_ARGS}
     if kwargs:
         backbone_kwargs = dict(model_kwargs.get("backbone_kwargs") or {})
@@ -660,7 +779,11 @@ def _create_cprfl(variant: str, pretrained: bool = False, **kwargs: Any) -> CPRF
         variant,
         pretrained,
         pretrained_strict=True,
-        pretrained_filter_fn=check_state_dict,
+        pretrained_filter_fn=functools.partial(
+            pretrained_filter,
+            cache_dir=build_args.get("cache_dir"),
+            verify_checksum=verify_checksum,
+        ),
         **build_args,
         **model_kwargs,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -127,7 +128,14 @@ def test_saved_folder_layout_and_config(model: CPRFL, saved: Path) -> None:
     assert tensors.keys() == model.state_dict().keys()
     torch.testing.assert_close(tensors["class_embeddings"], model.class_embeddings)
     with safetensors.safe_open(saved / "model.safetensors", "pt") as f:
-        assert f.metadata() == {"format": "pt"}
+        meta = f.metadata()
+    assert meta["format"] == "pt"
+    assert json.loads(meta["cprfl_class_names"]) == NAMES
+    head = json.loads(meta["cprfl_head"])
+    assert (head["embed_dim"], head["dim"], head["num_heads"], head["head_dim"]) == (16, 32, 2, 8)
+    assert head["mlp_hidden_dim"] == 24
+    digest = hashlib.sha256((saved / "model.safetensors").read_bytes()).hexdigest()
+    assert cfg["weights_sha256"] == digest
 
 
 def test_model_card(model: CPRFL, tmp_path: Path) -> None:
@@ -212,7 +220,7 @@ def test_interrupted_save_never_leaves_a_valid_looking_folder(
         raise OSError("killed")
 
     monkeypatch.setattr(hub.os, "replace", real_replace)
-    monkeypatch.setattr(safetensors.torch, "save_file", crash_in_weights)
+    monkeypatch.setattr(safetensors.torch, "save", crash_in_weights)
     shutil.rmtree(target)
     shutil.copytree(saved, target)
     with pytest.raises(OSError, match="killed"):

@@ -17,8 +17,12 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from .model import CPRFL
 
 __all__ = ["build_parser", "main"]
 
@@ -238,8 +242,84 @@ def _run_convert_official(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- export
+def load_model_spec(spec: str) -> CPRFL:
+    """Load a saved CPRFL model named on the command line.
+
+    Args:
+        spec: A saved model folder, ``local-dir:<folder>`` or ``hf-hub:<repo>[@revision]``.
+
+    Returns:
+        The model, in eval mode.
+
+    Raises:
+        CommandError: If ``spec`` names no saved model.
+    """
+    from .factory import create_cprfl
+
+    if not spec.startswith(("hf-hub:", "local-dir:")):
+        if not Path(spec).is_dir():
+            raise CommandError(
+                f"MODEL {spec}: not a folder; give a saved model folder, local-dir:<folder> or "
+                "hf-hub:<repo>"
+            )
+        spec = f"local-dir:{spec}"
+    return create_cprfl(spec).eval()
+
+
+def _add_export(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="export a saved model as ONNX or a torch.export program (.pt2)",
+        description=(
+            "Export a saved CPRFL model's deploy module (prompt side precomputed for its label "
+            "set) as ONNX (dynamo exporter) or torch.export .pt2, with a symbolic batch "
+            "dimension. The file carries the class names, the activation (sigmoid), the "
+            "per-class thresholds and the preprocessing config as metadata."
+        ),
+    )
+    p.add_argument(
+        "model", metavar="MODEL", help="saved model folder, local-dir:<dir>, hf-hub:<id>"
+    )
+    p.add_argument("--format", choices=["onnx", "pt2"], default=None, help="default: from --output")
+    p.add_argument("--output", required=True, help="file to write (.onnx or .pt2)")
+    p.add_argument(
+        "--input-size",
+        type=int,
+        nargs="+",
+        metavar="N",
+        default=None,
+        help="image size H W (or C H W) of the export (default: the model's input_size)",
+    )
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 17 (default: %(default)s)")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    fmt = args.format
+    if fmt is None:
+        suffix = Path(args.output).suffix.lower()
+        if suffix not in (".onnx", ".pt2"):
+            raise CommandError(
+                f"--output {args.output}: pass --format onnx|pt2 or use a .onnx / .pt2 name"
+            )
+        fmt = suffix[1:]
+    if args.input_size is not None and len(args.input_size) not in (2, 3):
+        raise CommandError(f"--input-size takes H W or C H W, got {args.input_size}")
+    model = load_model_spec(args.model)
+    path = export_model(model, args.output, fmt, input_size=args.input_size, opset=args.opset)
+    print(f"exported {args.model} ({model.num_classes} classes) as {fmt}: {path}")
+    return 0
+
+
 # ---------------------------------------------------------------------- main
-_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_embed, _add_convert_official]
+_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_embed,
+    _add_convert_official,
+    _add_export,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
-    except (CommandError, ValueError, OSError, RuntimeError) as e:
+    except (CommandError, ValueError, OSError, RuntimeError, ImportError) as e:
         print(f"cprfl-zoo {args.command}: error: {e}", file=sys.stderr)
         return 1
 

@@ -309,3 +309,91 @@ def test_num_classes_must_match(tiny_head):
 
 def test_version():
     assert isinstance(cprfl_zoo.__version__, str) and cprfl_zoo.__version__.count(".") == 2
+
+
+# ---------------------------------------------------------------- issue 13: bad input, loud errors
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ({"mlp_hidden_dim": 0}, r"mlp_hidden_dim must be a positive int, got 0"),
+        ({"dim": "32"}, r"dim must be a positive int, got '32' \(str\)"),
+        ({"num_heads": 2.0}, r"num_heads must be a positive int, got 2\.0"),
+        ({"head_dim": True}, r"head_dim must be a positive int, got True"),
+        ({"in_chans": 0}, r"in_chans must be a positive int, got 0"),
+        ({"drop_rate": 1.0}, r"drop_rate must be a number in \[0, 1\), got 1\.0"),
+        ({"attn_drop_rate": -0.1}, r"attn_drop_rate must be a number in \[0, 1\), got -0\.1"),
+        ({"drop_rate": float("nan")}, r"drop_rate must be a number in \[0, 1\), got nan"),
+        ({"pi_mlp_ratio": 0}, r"pi_mlp_ratio must be a positive number, got 0"),
+    ],
+)
+def test_head_sizes_and_rates_are_validated(tiny_head, override, match):
+    # mlp_hidden_dim=0 used to build an FFN of hidden width dim (timm's Mlp reads 0 as "input
+    # width") while the model card said "FFN hidden 0"
+    with pytest.raises(ValueError, match=match):
+        make(dict(tiny_head, **override))
+
+
+def test_float64_embeddings_beyond_float32_are_refused(tiny_head):
+    w = torch.randn(5, 12, dtype=torch.float64)
+    w[1, 2] = 1e39  # finite in float64, inf once stored as float32
+    assert torch.isfinite(w).all()
+    with pytest.raises(ValueError, match=r"NaN or infinite values.*checked as float32"):
+        make(tiny_head, text_embeddings=w)
+    model = make(tiny_head)
+    before = model.class_embeddings.clone()
+    with pytest.raises(ValueError, match=r"NaN or infinite values.*checked as float32"):
+        model.set_classes(["x", "y"], torch.full((2, 12), -1e39, dtype=torch.float64))
+    assert model.class_names == NAMES and torch.equal(model.class_embeddings, before)
+
+
+@pytest.mark.parametrize(
+    ("embeddings", "exc", "match"),
+    [
+        (torch.randn(5, 0), ValueError, r"width 0 \(shape \(5, 0\)\).*embed_dim >= 1"),
+        (torch.randn(5, 12, device="meta"), ValueError, "on the meta device"),
+        (torch.randn(5, 12, dtype=torch.complex64), TypeError, "real .*got dtype torch.complex64"),
+    ],
+)
+def test_unusable_embeddings_are_named(tiny_head, embeddings, exc, match):
+    with pytest.raises(exc, match=match):
+        make(tiny_head, text_embeddings=embeddings)
+
+
+def test_bytes_class_names_are_not_a_sequence_of_ints(tiny_head):
+    # used to be reported as "class_names[0] is int 97"
+    for names in (b"abc", bytearray(b"abc")):
+        with pytest.raises(TypeError, match=r"sequence of strings, got (bytes|bytearray)"):
+            create_cprfl(
+                "test_resnet", names, torch.randn(3, 12), pretrained_backbone=False, **tiny_head
+            )
+
+
+@pytest.mark.parametrize(
+    ("images", "exc", "match"),
+    [
+        (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), TypeError, r"floating-point.*uint8.*255"),
+        (torch.zeros(1, 3, 32, 32, dtype=torch.int64), TypeError, "floating-point.*int64"),
+        (torch.zeros(1, 3, 32, 32, dtype=torch.bool), TypeError, "floating-point.*bool"),
+        (
+            torch.zeros(1, 3, 32, 32, dtype=torch.float64),
+            TypeError,
+            r"images are torch.float64 but the model's weights are torch.float32",
+        ),
+        (torch.zeros(1, 3, 32, 32).numpy(), TypeError, "must be a torch.Tensor.*got ndarray"),
+        ([[[[0.0]]]], TypeError, "must be a torch.Tensor.*got list"),
+        (torch.zeros(1, 3, 0, 0), ValueError, r"empty spatial size: shape \(1, 3, 0, 0\)"),
+        (torch.zeros(2, 3, 32, 0), ValueError, r"empty spatial size"),
+    ],
+)
+def test_forward_input_type_errors(tiny_head, images, exc, match):
+    model = make(tiny_head).eval()
+    with pytest.raises(exc, match=match):
+        model(images)
+
+
+def test_forward_accepts_other_float_dtypes_under_autocast(tiny_head):
+    model = make(tiny_head).eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(torch.randn(1, 3, 32, 32, dtype=torch.bfloat16)).shape == (1, 5)
+    half = make(tiny_head).eval().to(torch.float64)
+    assert half(torch.randn(1, 3, 32, 32, dtype=torch.float64)).dtype == torch.float64

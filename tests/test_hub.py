@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -498,3 +500,287 @@ def test_real_hub_push_and_pull(model: CPRFL, images: torch.Tensor, tmp_path: Pa
         )
     finally:
         api.delete_repo(repo_id, missing_ok=True)
+
+
+# ---------------------------------------------------------------------- issue 13: checked loads
+def _copy(saved: Path, tmp_path: Path, name: str = "m") -> Path:
+    return Path(shutil.copytree(saved, tmp_path / name))
+
+
+def _edit_config(folder: Path, edit) -> None:
+    cfg = json.loads((folder / "config.json").read_text())
+    edit(cfg)
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def _tensor_offset(path: Path, name: str) -> int:
+    """Byte offset in the file of the first byte of tensor ``name``'s data."""
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    return 8 + size + header[name]["data_offsets"][0]
+
+
+def _flip_byte(path: Path, offset: int, mask: int = 0x01) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= mask
+    path.write_bytes(bytes(data))
+
+
+def _as_0_1_0(folder: Path) -> None:
+    """Make a folder look like one saved by cprfl_zoo 0.1.0: no checksum, no metadata."""
+    _edit_config(folder, lambda c: c.pop("weights_sha256"))
+    tensors = safetensors.torch.load_file(folder / "model.safetensors")
+    safetensors.torch.save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def test_saves_are_byte_identical(model: CPRFL, saved: Path, tmp_path: Path) -> None:
+    # safetensors writes its metadata in hash-map order; the saved header is sorted, so the
+    # checksum in config.json does not change from one save of the same model to the next
+    again = model.save_pretrained(tmp_path / "again")
+    for name in ("model.safetensors", "config.json"):
+        assert (again / name).read_bytes() == (saved / name).read_bytes(), name
+
+
+def test_a_0_1_0_folder_still_loads(
+    model: CPRFL, saved: Path, tmp_path: Path, images: torch.Tensor
+) -> None:
+    folder = _copy(saved, tmp_path)
+    _as_0_1_0(folder)
+    with safetensors.safe_open(folder / "model.safetensors", "pt") as f:
+        assert f.metadata() == {"format": "pt"}
+    assert "weights_sha256" not in json.loads((folder / "config.json").read_text())
+    _assert_same_model(model, CPRFL.from_pretrained(folder), images)
+    _assert_same_model(model, timm.create_model(f"local-dir:{folder}", pretrained=True), images)
+
+
+@pytest.mark.parametrize("name", ["vsi.norm1.weight", "class_embeddings"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_named(saved: Path, tmp_path: Path, name: str, value) -> None:
+    folder = _copy(saved, tmp_path)
+
+    def poison(t: dict) -> None:
+        t[name] = t[name].clone()
+        t[name].view(-1)[0] = value
+
+    _edit_weights(folder, poison)
+    match = rf"model\.safetensors does not match .*NaN or infinite values in: {re.escape(name)}$"
+    with pytest.raises(CheckpointMismatchError, match=match):
+        CPRFL.from_pretrained(folder)
+    with pytest.raises(CheckpointMismatchError, match="NaN or infinite values in"):
+        timm.create_model(f"local-dir:{folder}", pretrained=True)
+
+
+def test_integer_weights_are_not_cast_silently(saved: Path, tmp_path: Path) -> None:
+    folder = _copy(saved, tmp_path)
+    _edit_weights(folder, lambda t: t.update({"vsi.norm1.bias": t["vsi.norm1.bias"].long()}))
+    match = r"dtype mismatches: vsi\.norm1\.bias \(file torch\.int64, model torch\.float32\)"
+    with pytest.raises(CheckpointMismatchError, match=match):
+        CPRFL.from_pretrained(folder)
+
+
+def test_flipped_weight_bytes_fail_the_checksum(
+    model: CPRFL, saved: Path, tmp_path: Path, images: torch.Tensor
+) -> None:
+    folder = _copy(saved, tmp_path)
+    weights = folder / "model.safetensors"
+    _flip_byte(weights, _tensor_offset(weights, "class_embeddings"))  # lowest mantissa bit
+    changed = safetensors.torch.load_file(weights)["class_embeddings"]
+    assert torch.isfinite(changed).all() and not torch.equal(changed, model.class_embeddings)
+    match = rf"{re.escape(str(weights))} has SHA-256 [0-9a-f]{{64}}, but .*config\.json records"
+    with pytest.raises(CheckpointMismatchError, match=match + ".*verify_checksum=False"):
+        CPRFL.from_pretrained(folder)
+    with pytest.raises(CheckpointMismatchError, match=match):
+        timm.create_model(f"local-dir:{folder}", pretrained=True)
+    # the documented opt-out, for a file changed on purpose
+    loaded = CPRFL.from_pretrained(folder, verify_checksum=False)
+    assert torch.equal(loaded.class_embeddings, changed)
+    timm.create_model(f"local-dir:{folder}", pretrained=True, verify_checksum=False)
+
+
+def test_hub_snapshots_are_verified_too(
+    model: CPRFL, saved: Path, offline_cache: Path, tmp_path: Path, images: torch.Tensor
+) -> None:
+    folder = _copy(saved, tmp_path)
+    weights = folder / "model.safetensors"
+    _flip_byte(weights, _tensor_offset(weights, "visual_proj.weight"))
+    _seed_cache(offline_cache, "me/flipped", COMMIT, folder)
+    match = r"has SHA-256 .*hf-hub:me/flipped(@[0-9a-f]+)? \(config\.json\) records weights_sha256"
+    with pytest.raises(CheckpointMismatchError, match=match):
+        CPRFL.from_pretrained("me/flipped")
+    with pytest.raises(CheckpointMismatchError, match=match):
+        timm.create_model("hf-hub:me/flipped", pretrained=True)
+    with pytest.raises(CheckpointMismatchError, match=match):
+        create_cprfl(f"hf-hub:me/flipped@{COMMIT}")
+    CPRFL.from_pretrained("me/flipped", verify_checksum=False)
+    # an intact snapshot in an explicit cache folder is verified and loads
+    cache = tmp_path / "elsewhere"
+    _seed_cache(cache, "me/intact", COMMIT, saved)
+    _assert_same_model(model, CPRFL.from_pretrained("me/intact", cache_dir=cache), images)
+
+
+def _reverse_names(cfg: dict) -> None:
+    names = cfg["model_args"]["class_names"][::-1]
+    cfg["model_args"]["class_names"] = names
+    cfg["label_names"] = names
+    cfg["pretrained_cfg"]["label_names"] = names
+
+
+def test_reordered_class_names_are_refused(saved: Path, tmp_path: Path) -> None:
+    # every shape is unchanged: only the recorded names can tell the labels got permuted
+    folder = _copy(saved, tmp_path)
+    _edit_config(folder, _reverse_names)
+    match = (
+        r"config\.json: model_args\.class_names \['zebra', .*\] disagree with the class names "
+        r"recorded in .*model\.safetensors \['cat', .*\] \(first difference at position 0: "
+        r"'zebra' vs 'cat'\)"
+    )
+    with pytest.raises(CheckpointMismatchError, match=match):
+        CPRFL.from_pretrained(folder)
+    with pytest.raises(CheckpointMismatchError, match=match):
+        timm.create_model(f"local-dir:{folder}", pretrained=True)
+
+
+def test_label_names_must_equal_class_names(saved: Path, tmp_path: Path) -> None:
+    folder = _copy(saved, tmp_path)
+    _edit_config(folder, lambda c: c.update(label_names=NAMES[::-1]))
+    match = (
+        r"config\.json: label_names \['zebra', .*\] disagrees with model_args\.class_names "
+        r"\['cat', .*\] \(first difference at position 0: 'zebra' vs 'cat'\)"
+    )
+    with pytest.raises(ValueError, match=match):
+        CPRFL.from_pretrained(folder)
+    with pytest.raises(CheckpointMismatchError, match=r"label_names \['zebra'.*disagree with"):
+        timm.create_model(f"local-dir:{folder}", pretrained=True)
+
+
+def test_swapped_head_shape_is_refused(saved: Path, tmp_path: Path) -> None:
+    folder = _copy(saved, tmp_path)
+    _edit_config(folder, lambda c: c["model_args"].update(num_heads=8, head_dim=2))
+    match = (
+        r"model_args disagree with the head recorded in .*model\.safetensors: "
+        r"num_heads=8 \(file 2\), head_dim=2 \(file 8\)"
+    )
+    with pytest.raises(CheckpointMismatchError, match=match):
+        CPRFL.from_pretrained(folder)
+    with pytest.raises(CheckpointMismatchError, match=match):
+        timm.create_model(f"local-dir:{folder}", pretrained=True)
+
+
+def _set_args(**values):
+    return lambda c: c["model_args"].update(values)
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (None, r"config\.json: not valid JSON \(Expecting value at line 1, column 1\)"),
+        ("list", r"config\.json: expected a JSON object, got list"),
+        (lambda c: c.pop("architecture"), r"config\.json: the field 'architecture' is missing"),
+        (lambda c: c.update(architecture=7), r"config\.json: architecture 7 is not a timm model"),
+        (lambda c: c.update(model_args=[1, 2]), r"model_args must be an object .*got list"),
+        (lambda c: c.pop("model_args"), r"config\.json: the field 'model_args' is missing"),
+        (_set_args(nope=1), r"model_args has unknown key\(s\) \['nope'\]; expected arguments"),
+        (_set_args(dim="32"), r"config\.json: model_args\.dim must be a positive int, got '32'"),
+        (_set_args(mlp_hidden_dim=0), r"model_args\.mlp_hidden_dim must be a positive int"),
+        (_set_args(drop_rate=1.5), r"model_args\.drop_rate must be a number in \[0, 1\)"),
+        (_set_args(qkv_bias="false"), r"model_args\.qkv_bias must be true or false"),
+        (_set_args(class_names="cat"), r"model_args\.class_names must be a list of strings"),
+        (_set_args(class_names=["a", 1]), r"model_args\.class_names\[1\] is int 1"),
+        (_set_args(backbone=None), r"model_args\.backbone must be a timm model name"),
+        (_set_args(backbone_kwargs=[]), r"model_args\.backbone_kwargs must be an object"),
+        (lambda c: c["model_args"].pop("backbone"), r"model_args\.backbone is missing"),
+        (lambda c: c.update(num_classes=4), r"config\.json: num_classes is 4 but model_args"),
+        (lambda c: c.update(weights_sha256="abc"), r"weights_sha256 must be 64 lowercase hex"),
+        (lambda c: c.update(pretrained_cfg=[]), r"config\.json: pretrained_cfg must be an object"),
+    ],
+)
+def test_malformed_config_names_file_and_field(saved: Path, tmp_path: Path, edit, match) -> None:
+    folder = _copy(saved, tmp_path)
+    if edit is None:
+        (folder / "config.json").write_text("")
+    elif edit == "list":
+        (folder / "config.json").write_text("[1, 2]")
+    else:
+        _edit_config(folder, edit)
+    with pytest.raises(ValueError, match=re.escape(str(folder)) + ".*" + match):
+        CPRFL.from_pretrained(folder)
+
+
+def test_config_of_another_timm_model_is_refused(saved: Path, tmp_path: Path) -> None:
+    folder = _copy(saved, tmp_path)
+    _edit_config(folder, lambda c: c.update(architecture="resnet18"))
+    match = r"config\.json: architecture 'resnet18' is a plain timm model, not a CPRFL model"
+    with pytest.raises(TypeError, match=match):
+        CPRFL.from_pretrained(folder)
+
+
+def test_non_utf8_config_is_named(saved: Path, tmp_path: Path) -> None:
+    folder = _copy(saved, tmp_path)
+    (folder / "config.json").write_bytes(b'{"architecture": "caf\xe9"}')
+    with pytest.raises(ValueError, match=r"config\.json: not UTF-8 text"):
+        CPRFL.from_pretrained(folder)
+
+
+def test_timm_loader_checks_saved_model_args_too(saved: Path, tmp_path: Path) -> None:
+    # used to reach ResNet.__init__ as an unexpected keyword argument
+    folder = _copy(saved, tmp_path)
+    _edit_config(folder, _set_args(nope=1))
+    match = rf"{re.escape(str(folder))}/config\.json: model_args has unknown key\(s\) \['nope'\]"
+    with pytest.raises(ValueError, match=match):
+        timm.create_model(f"local-dir:{folder}", pretrained=True)
+    # arguments given at load time are not the config's: a backbone argument still works
+    m = timm.create_model(f"local-dir:{saved}", pretrained=True, drop_rate=0.2)
+    assert m.vsi is not None
+
+
+def test_unknown_key_check_follows_the_signature(saved: Path, tmp_path: Path) -> None:
+    # keys that exist in CPRFL.__init__ are accepted, even ones added after this test was written
+    params = set(inspect.signature(CPRFL.__init__).parameters) - {"self"}
+    assert params <= hub._allowed_model_args()
+    assert {"backbone", "class_names", "dim", "text_encoder_cfg"} <= hub._allowed_model_args()
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(b"", "header too small"), ("truncated", "incomplete metadata"), (b"\x05", "header")],
+)
+def test_truncated_or_empty_weights_name_the_file(
+    saved: Path, tmp_path: Path, offline_cache: Path, content, reason
+) -> None:
+    folder = _copy(saved, tmp_path)
+    weights = folder / "model.safetensors"
+    if content == "truncated":
+        content = weights.read_bytes()[:-10]
+    weights.write_bytes(content)
+    match = rf"{re.escape(str(weights))} is not a complete safetensors file \(.*{reason}"
+    with pytest.raises(ValueError, match=match):
+        CPRFL.from_pretrained(folder)
+    _seed_cache(offline_cache, "me/truncated", COMMIT, folder)
+    match = r"hf-hub:me/truncated \(model\.safetensors\) is not a complete safetensors file"
+    with pytest.raises(ValueError, match=match):
+        CPRFL.from_pretrained("me/truncated")
+
+
+def test_hub_backbone_in_a_saved_config_is_refused(
+    saved: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_network(*args, **kwargs):
+        raise AssertionError("loading a saved model must not contact the Hub")
+
+    folder = _copy(saved, tmp_path)
+    _edit_config(folder, _set_args(backbone="hf-hub:timm/resnet18.a1_in1k"))
+    monkeypatch.setattr(timm.models._hub, "hf_hub_download", no_network)
+    match = r"model_args\.backbone is 'hf-hub:timm/resnet18\.a1_in1k'.*not be self-contained"
+    with pytest.raises(ValueError, match=match):
+        CPRFL.from_pretrained(folder)
+    with pytest.raises(ValueError, match=match):
+        timm.create_model(f"local-dir:{folder}", pretrained=True)
+
+
+def test_a_hub_backbone_model_cannot_be_saved(model: CPRFL, tmp_path: Path) -> None:
+    m = _make_model()
+    m._arch_args["backbone"] = "hf-hub:timm/resnet18.a1_in1k"
+    with pytest.raises(ValueError, match=r"the model's backbone is 'hf-hub:.*self-contained"):
+        m.save_pretrained(tmp_path / "m")
+    assert not (tmp_path / "m").exists()

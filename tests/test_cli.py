@@ -17,7 +17,7 @@ from tiny_clip import (
 
 from cprfl_zoo import encode_class_names
 from cprfl_zoo.class_lists import VOC_LT_CLASSES
-from cprfl_zoo.cli import build_parser, main, read_class_names
+from cprfl_zoo.cli import CommandError, build_parser, main, read_class_names
 from cprfl_zoo.text_cache import default_cache_dir, load_embeddings_file
 
 
@@ -164,3 +164,21 @@ def test_read_class_names(tmp_path: Path) -> None:
     path.write_text("a b\n\n c \n", encoding="utf-8")
     assert read_class_names(str(path)) == ["a b", "c"]
     assert read_class_names("voc-lt") == list(VOC_LT_CLASSES)
+
+
+def test_read_class_names_bad_files(tmp_path: Path) -> None:
+    # a folder used to be "no such file"; other encodings a bare UnicodeDecodeError
+    with pytest.raises(CommandError, match=r"--classes .* is a folder; expected a text file"):
+        read_class_names(str(tmp_path))
+    path = tmp_path / "c.txt"
+    path.write_bytes(b"\xef\xbb\xbfcat\ndog\n")
+    assert read_class_names(str(path)) == ["cat", "dog"]  # the BOM is not part of 'cat'
+    path.write_bytes(b"cat\nd\xf6g\n")
+    with pytest.raises(CommandError, match=r"--classes .*c\.txt:2: not UTF-8 text \(byte 0xf6"):
+        read_class_names(str(path))
+
+
+def test_convert_official_reports_a_folder_checkpoint(tmp_path: Path, capsys) -> None:
+    argv = ["convert-official", str(tmp_path), "--classes", "voc-lt", "--out", str(tmp_path / "o")]
+    assert main(argv) == 1
+    assert "is a folder; expected the .pth / .pth.tar file" in capsys.readouterr().err

@@ -529,3 +529,23 @@ def test_linear_pi_with_dropout_keys_map_to_the_linear_pi() -> None:
     mapped, linear, unknown = _map_head(sd)
     assert linear is True and unknown == []
     assert mapped.keys() == {"prompt_init.net.weight", "prompt_init.net.bias"}
+
+
+def test_a_folder_is_not_a_checkpoint(tmp_path: Path) -> None:
+    # used to be reported as "does not exist"
+    with pytest.raises(IsADirectoryError, match=r"official checkpoint .* is a folder; expected"):
+        load_official_state_dict(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_official_state_dict(tmp_path / "missing.pth")
+
+
+@pytest.mark.parametrize(
+    ("heads", "match"),
+    [
+        (0, "num_heads must be a positive int, got 0"),
+        ("8", r"num_heads must be a positive int, got '8'"),
+    ],
+)
+def test_num_heads_is_validated(tiny_sd: dict, heads, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        convert_official_state_dict(tiny_sd, "voc-lt", num_heads=heads)

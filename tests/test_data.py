@@ -1,4 +1,5 @@
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -420,3 +421,66 @@ def test_cprfl_recipe(tiny_model):
 def test_create_transforms_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         create_transforms(**kwargs)
+
+
+# ---------------------------------------------------------------- issue 13: hostile lists
+@pytest.mark.parametrize(
+    "bad",
+    ["../outside.png", "sub/../../outside.png", "{outside}", "./../outside.png"],
+)
+def test_image_list_paths_must_stay_inside_the_root(tmp_path, bad):
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(root / "a.png")
+    outside = tmp_path / "outside.png"
+    Image.new("RGB", (4, 4), (9, 9, 9)).save(outside)
+    bad = bad.format(outside=outside)
+    list_file = tmp_path / "list.txt"
+    list_file.write_text(f"a.png 0\nsub/../a.png 1\n{bad} 1\n")
+    match = (
+        rf"list\.txt:3: image path '{re.escape(bad)}' leaves the image root .*allow_outside_root"
+    )
+    with pytest.raises(ValueError, match=match):
+        MultiLabelImageList(list_file, root, num_classes=2)
+    # the refusal comes before any file check, so it tells nothing about what exists outside
+    with pytest.raises(ValueError, match="leaves the image root"):
+        MultiLabelImageList(list_file, root, num_classes=2, check_files=False)
+    ds = MultiLabelImageList(list_file, root, num_classes=2, allow_outside_root=True)
+    assert ds.load_image(2).getpixel((0, 0)) == (9, 9, 9)
+
+
+@pytest.mark.parametrize("token", ["+1", "1_0", "\u0661", "\u00b2", "0x1", "1\u200b"])
+def test_class_ids_are_ascii_digits_only(tmp_path, token):
+    # int() accepts "+1", "1_0" (= 10) and non-ASCII digits; the list format does not
+    list_file = tmp_path / "list.txt"
+    list_file.write_text(f"a.png 0\nb.png {token}\n", encoding="utf-8")
+    match = rf"list\.txt:2: malformed line, class id {re.escape(repr(token))} is not an integer"
+    with pytest.raises(ValueError, match=match):
+        read_image_list(list_file, num_classes=20)
+    labels = tmp_path / "labels.txt"
+    labels.write_text(f"person 0\nbike {token}\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"labels\.txt:2: class id .* not an integer"):
+        read_label_file(labels)
+
+
+def test_utf8_bom_is_dropped_and_other_encodings_are_named(tmp_path):
+    list_file = tmp_path / "list.txt"
+    list_file.write_bytes(b"\xef\xbb\xbfa.png 0\nb.png 1\n")
+    assert read_image_list(list_file, num_classes=2).paths == ("a.png", "b.png")
+    labels = tmp_path / "labels.txt"
+    labels.write_bytes(b"\xef\xbb\xbfperson 0\nbike 1\n")
+    assert read_label_file(labels) == ["person", "bike"]
+    list_file.write_bytes(b"a.png 0\n\ncaf\xe9.png 1\n")
+    match = r"list\.txt:3: not UTF-8 text \(byte 0xe9 at offset 12\); save the image list as UTF-8"
+    with pytest.raises(ValueError, match=match):
+        read_image_list(list_file, num_classes=2)
+    labels.write_bytes(b"caf\xe9 0\n")
+    with pytest.raises(ValueError, match=r"labels\.txt:1: not UTF-8 text"):
+        read_label_file(labels)
+
+
+def test_a_folder_where_a_list_is_expected(tmp_path):
+    with pytest.raises(IsADirectoryError, match=r"image list .* is a folder; expected a text file"):
+        read_image_list(tmp_path, num_classes=2)
+    with pytest.raises(IsADirectoryError, match=r"label file .* is a folder"):
+        read_label_file(tmp_path)

@@ -506,3 +506,46 @@ def test_import_does_not_load_open_clip():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+# ---------------------------------------------------------------- issue 13: empty batches
+@pytest.mark.parametrize("shape", [(0, 5), (4, 0), (0, 0), (0, 3, 5)])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum", "batchmean"])
+@pytest.mark.parametrize("setting", [{}, {"clip": 0}, {"gamma_pos": 1, "gamma_neg": 2}])
+def test_empty_batch_gives_zero_with_a_gradient_of_the_right_shape(shape, reduction, setting):
+    # a filtered last batch: used to crash in aminmax ("cannot compute aminmax over an empty
+    # dimension"); the sum over no labels is 0, and so is the gradient (of shape (0, C))
+    for targets, mask in (
+        (torch.zeros(shape), None),
+        (torch.full(shape, float(UNKNOWN_TARGET)), None),
+        (torch.zeros(shape, dtype=torch.bool), torch.ones(shape, dtype=torch.bool)),
+    ):
+        x = torch.randn(shape, requires_grad=True)
+        loss = AsymmetricLoss(reduction=reduction, **setting)(x, targets, mask)
+        if reduction == "none":
+            assert loss.shape == shape
+        else:
+            assert loss.shape == () and loss.item() == 0.0
+        loss.sum().backward()
+        assert x.grad is not None and x.grad.shape == shape
+    x = torch.randn(shape, requires_grad=True)
+    asymmetric_loss(x, torch.zeros(shape), reduction=reduction).sum().backward()
+    assert x.grad.shape == shape
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_single_label_empty_batch(reduction):
+    # reduction="mean" used to return NaN (0 / 0)
+    x = torch.randn(0, 4, requires_grad=True)
+    loss = ASLSingleLabel(reduction=reduction)(x, torch.zeros(0, dtype=torch.long))
+    if reduction == "none":
+        assert loss.shape == (0,)
+    else:
+        assert loss.shape == () and loss.item() == 0.0
+    loss.sum().backward()
+    assert x.grad.shape == (0, 4) and not x.grad.isnan().any()
+
+
+def test_single_label_without_classes_is_an_error():
+    with pytest.raises(ValueError, match=r"logits have no classes \(shape \(0, 0\)\)"):
+        ASLSingleLabel()(torch.randn(0, 0), torch.zeros(0, dtype=torch.long))

@@ -114,6 +114,7 @@ def validate_class_inputs(
     return names
 
 
+COSINE_INIT_SCALE = 10.0  # initial s of the opt-in cosine classifier
 
 _SIZE_ARGS = ("embed_dim", "dim", "num_heads", "head_dim", "mlp_hidden_dim", "in_chans")
 _RATE_ARGS = ("drop_rate", "attn_drop_rate")
@@ -204,6 +205,11 @@ class CPRFL(nn.Module):
             (the official ``no_cls_grad`` ablation).
         detach_refined_features: Stop gradients through the refined features ``p'_i``
             (the official ``no_feature_grad`` ablation).
+        cosine_classifier: Opt-in, not in the paper: score class *i* as
+            ``s * cos(p'_i, p_i) + b`` with a learned scale ``s`` (``logit_scale``, stored as its
+            log, initially 10) and a learned bias ``b`` shared by all classes, instead of the
+            unnormalised ``p'_i . p_i`` (a normalised classifier, as in Gidaris & Komodakis,
+            CVPR 2018, and Kang et al., ICLR 2020, for long-tailed recognition).
         pretrained_backbone: Load timm's pretrained weights for a named backbone.
         backbone_kwargs: Extra keyword arguments for ``timm.create_model`` of the backbone.
         img_size: Input image size for backbones that take one (ViT, Swin).
@@ -237,6 +243,7 @@ class CPRFL(nn.Module):
         pi_linear: bool = False,
         detach_classifier_prompts: bool = False,
         detach_refined_features: bool = False,
+        cosine_classifier: bool = False,
         pretrained_backbone: bool = False,
         backbone_kwargs: dict[str, Any] | None = None,
         img_size: int | Sequence[int] | None = None,
@@ -313,6 +320,10 @@ class CPRFL(nn.Module):
         self.in_chans = in_chans
         self.detach_classifier_prompts = detach_classifier_prompts
         self.detach_refined_features = detach_refined_features
+        self.cosine_classifier = bool(cosine_classifier)
+        if self.cosine_classifier:
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(COSINE_INIT_SCALE)))
+            self.logit_bias = nn.Parameter(torch.zeros(()))
         self.grad_checkpointing = False
         self.text_encoder_cfg = dict(text_encoder_cfg or {})
         if trainable_text_encoder and text_tower is None:
@@ -338,6 +349,7 @@ class CPRFL(nn.Module):
             "pi_linear": pi_linear,
             "detach_classifier_prompts": detach_classifier_prompts,
             "detach_refined_features": detach_refined_features,
+            "cosine_classifier": self.cosine_classifier,
             "in_chans": in_chans,
             "trainable_text_encoder": text_tower is not None,
         }
@@ -591,7 +603,11 @@ class CPRFL(nn.Module):
         if self.detach_refined_features:
             refined = refined.detach()
         classifier = prompts.detach() if self.detach_classifier_prompts else prompts
-        return (refined * classifier.to(refined.dtype)).sum(-1)
+        classifier = classifier.to(refined.dtype)
+        if self.cosine_classifier:
+            cos = nn.functional.cosine_similarity(refined, classifier, dim=-1, eps=1e-6)
+            return self.logit_scale.exp().to(cos.dtype) * cos + self.logit_bias.to(cos.dtype)
+        return (refined * classifier).sum(-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Compute raw logits; ``torch.sigmoid`` of them are the class probabilities.
@@ -700,6 +716,7 @@ _HEAD_ARGS = frozenset(
         "pi_linear",
         "detach_classifier_prompts",
         "detach_refined_features",
+        "cosine_classifier",
         "pretrained_backbone",
         "backbone_kwargs",
         "img_size",

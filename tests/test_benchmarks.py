@@ -219,3 +219,16 @@ def test_main_runs_only_the_chosen_benchmark_and_writes_json(tmp_path, monkeypat
     with pytest.raises(SystemExit):
         run_all.main(["--only", "nonexistent", "--out-dir", str(tmp_path)])
     assert "invalid choice: 'nonexistent'" in capsys.readouterr().err
+
+
+def test_summarize_deploy_pairs_deploy_with_eval():
+    rows = [
+        {"kind": "head", "impl": "deploy", "batch": 1, "v": 196, "classes": 10000,
+         "time_s": 2.0, "deploy_s": 30.0},
+        {"kind": "head", "impl": "eval", "batch": 1, "v": 196, "classes": 10000, "time_s": 9.0},
+    ]  # fmt: skip
+    (row,) = run_all.summarize_deploy(rows)
+    assert row["ours"] == "deploy" and row["other"] == "eval"
+    assert row["time_ratio"] == pytest.approx(4.5) and "30.00 s" in row["note"]
+    assert "C=10,000" in row["case"]
+    assert "deploy" in [b.name for b in run_all.BENCHMARKS]

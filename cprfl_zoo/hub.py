@@ -11,8 +11,11 @@ A saved model is a folder (or Hub repository) with three files:
 
 Because the format is timm's, ``timm.create_model("hf-hub:<repo>", pretrained=True)`` and
 ``"local-dir:<folder>"`` load these models once ``cprfl_zoo`` is imported. Loading is strict: the
-weights are checked against the architecture the config describes, and any missing, unexpected or
-mis-shaped tensor is an error that names it.
+weights are checked against the architecture the config describes, and any missing, unexpected,
+mis-shaped, wrongly typed or non-finite tensor is an error that names it. Since 0.2.0
+``config.json`` also records the SHA-256 of ``model.safetensors`` (``weights_sha256``) and the
+weights file's metadata records the class names and head shape; both are verified on load when
+present (folders of 0.1.0 have neither and still load).
 """
 
 from __future__ import annotations
@@ -50,11 +53,14 @@ __all__ = [
     "WEIGHTS_NAME",
     "CheckpointMismatchError",
     "build_model_card",
+    "check_saved_model_args",
     "check_state_dict",
     "load_pretrained",
+    "pretrained_filter",
     "push_to_hub",
     "read_saved_config",
     "save_pretrained",
+    "saved_config_name",
     "verify_saved_weights",
 ]
 

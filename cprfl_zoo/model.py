@@ -688,7 +688,8 @@ class CPRFL(nn.Module):
         Args:
             repo_id_or_path: A folder, ``"user/repo"`` or ``"user/repo@revision"``.
             revision: Hub branch, tag or commit.
-            **kwargs: ``cache_dir`` and arguments for ``timm.create_model``.
+            **kwargs: ``cache_dir``, ``verify_checksum`` (default on: check ``model.safetensors``
+                against the SHA-256 in ``config.json``) and arguments for ``timm.create_model``.
 
         Returns:
             The model (in training mode, as timm returns models).

@@ -13,6 +13,8 @@ C prompts, softmax([s, t]) · [V; V_P] = (Σ e^(s-m) V + e^(L-m) O) / (Σ e^(s-m
 L = logsumexp(t), O = softmax(t) · V_P and m any shift. The FFN's last linear layer and the
 classifier are folded as well: p_i · (W₂ h + b₂) = (W₂ᵀ p_i) · h + b₂ · p_i. So an image costs
 O(C·v) attention instead of O(C·(v + C)), and no per-class work is repeated across images.
+With the opt-in cosine classifier, P' itself is computed (its norm is needed) and the classifier
+vectors are the normalised prompts times the learned scale.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ _logger = logging.getLogger(__name__)
 
 __all__ = ["DeployedCPRFL", "deploy_cprfl"]
 
+# eps of the cosine classifier (torch.nn.functional.cosine_similarity's, as CPRFL uses it).
+_COSINE_EPS = 1e-6
 # Largest prompt-to-prompt score block (elements) computed at once while deploying.
 _MAX_BLOCK = 2**25
 
@@ -58,6 +62,7 @@ _NEUTRAL_OPTIONS = frozenset(
         "img_size",
         "trainable_text_encoder",
         "thresholds",
+        "cosine_classifier",
     }
 )
 
@@ -107,6 +112,9 @@ class DeployedCPRFL(nn.Module):
         self.fc1 = copy.deepcopy(mlp.fc1)
         self.act = copy.deepcopy(mlp.act)
         self.hidden_norm = copy.deepcopy(mlp.norm)
+        # The cosine classifier needs |p'_i|, so P' is computed (fc2 kept); otherwise fc2 is folded.
+        self.cosine_classifier = bool(getattr(model, "cosine_classifier", False))
+        self.fc2 = copy.deepcopy(mlp.fc2) if self.cosine_classifier else None
 
         params = next(model.parameters())
         with torch.no_grad():
@@ -195,7 +203,11 @@ class DeployedCPRFL(nn.Module):
         out = out / (weights.sum(dim=-1, keepdim=True) + prompt_weight)  # (B, h, C, hd)
         out = out.transpose(1, 2).flatten(2)  # (B, C, inner)
         hidden = self.hidden_norm(self.act(self.fc1(self.norm2(self.proj(out)))))
-        return (hidden * self.classifier_weight).sum(dim=-1) + self.classifier_bias
+        if self.fc2 is None:
+            return (hidden * self.classifier_weight).sum(dim=-1) + self.classifier_bias
+        refined = self.fc2(hidden)  # P' (B, C, d); classifier_weight holds s · p_i / |p_i|
+        norm = refined.norm(dim=-1).clamp_min(_COSINE_EPS)
+        return (refined * self.classifier_weight).sum(dim=-1) / norm + self.classifier_bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Compute raw logits; ``torch.sigmoid`` of them are the class probabilities.
@@ -282,11 +294,16 @@ def _precompute(model: CPRFL) -> dict[str, torch.Tensor]:
             lse.append(torch.logsumexp(scores, dim=-1, keepdim=True))
             out.append(torch.softmax(scores, dim=-1) @ v)
         fc2 = model.vsi.mlp.fc2
-        classifier_weight = prompts @ fc2.weight  # (C, hidden): W₂ᵀ p_i
-        if fc2.bias is not None:
-            classifier_bias = prompts @ fc2.bias
+        if getattr(model, "cosine_classifier", False):
+            norm = prompts.norm(dim=-1, keepdim=True).clamp_min(_COSINE_EPS)
+            classifier_weight = model.logit_scale.exp() * prompts / norm  # (C, d)
+            classifier_bias = model.logit_bias.expand(num_classes).clone()
         else:
-            classifier_bias = prompts.new_zeros(num_classes)
+            classifier_weight = prompts @ fc2.weight  # (C, hidden): W₂ᵀ p_i
+            if fc2.bias is not None:
+                classifier_bias = prompts @ fc2.bias
+            else:
+                classifier_bias = prompts.new_zeros(num_classes)
     finally:
         _set_training(model, modes)
     return {

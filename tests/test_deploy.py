@@ -61,6 +61,9 @@ def reference_logits(model: CPRFL, x: torch.Tensor) -> torch.Tensor:
     n2 = F.layer_norm(y, (y.shape[-1],), vsi.norm2.weight, vsi.norm2.bias)
     z = F.gelu(n2 @ vsi.mlp.fc1.weight.T + vsi.mlp.fc1.bias) @ vsi.mlp.fc2.weight.T
     refined = (z + vsi.mlp.fc2.bias)[:, -c:]
+    if getattr(m, "cosine_classifier", False):
+        cos = (refined * p).sum(-1) / (refined.norm(dim=-1) * p.norm(dim=-1))
+        return m.logit_scale.exp() * cos + m.logit_bias
     return (refined * p).sum(-1)
 
 
@@ -89,6 +92,20 @@ def test_same_logits_as_the_model_and_the_equations(backbone, classes, options, 
     assert ours.shape == (3, classes) and ours.dtype == torch.float32
     assert_rel_close(ours, theirs)
     assert_rel_close(ours, reference_logits(model, x))
+
+
+def test_cosine_classifier(tiny_head):
+    model = make("test_vit", 11, tiny_head, cosine_classifier=True)
+    with torch.no_grad():
+        model.logit_scale.fill_(2.5)
+        model.logit_bias.fill_(-0.7)
+    deployed = model.deploy()
+    assert deployed.fc2 is not None
+    x = images("test_vit")
+    with torch.no_grad():
+        model.eval()
+        assert_rel_close(deployed(x), model(x))
+    assert_rel_close(deployed(x), reference_logits(model, x))
 
 
 def test_detach_flags_do_not_change_eval_logits(tiny_head):
@@ -189,8 +206,8 @@ def test_input_checks_and_unsupported_options(tiny_head):
         deployed(torch.randn(1, 1, 64, 64))
     with pytest.raises(ValueError, match=r"expected images of shape \(B, C, H, W\)"):
         deployed(torch.randn(3, 64, 64))
-    model._arch_args["cosine_classifier"] = True  # stands for a head option deploy cannot do
-    with pytest.raises(ValueError, match="cosine_classifier=True is not supported"):
+    model._arch_args["vsi_residual"] = True  # stands for a head option deploy cannot do
+    with pytest.raises(ValueError, match="vsi_residual=True is not supported"):
         model.deploy()
     with pytest.raises(TypeError, match="needs a CPRFL model"):
         DeployedCPRFL(torch.nn.Linear(2, 2))

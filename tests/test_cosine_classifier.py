@@ -83,9 +83,8 @@ def test_cosine_option_round_trips_through_save_and_load(tiny_head, tmp_path):
         torch.testing.assert_close(loaded(x), model(x))
 
 
-def test_deploy_refuses_the_cosine_classifier_by_name(tiny_head):
+def test_deploy_supports_the_cosine_classifier(tiny_head):
     model = _model(tiny_head, cosine_classifier=True)
-    if not hasattr(model, "deploy"):
-        pytest.fail("CPRFL.deploy is missing")
-    with pytest.raises(ValueError, match="cosine_classifier"):
-        model.deploy()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.deploy()(x), model(x), rtol=1e-5, atol=1e-5)

@@ -85,7 +85,9 @@ def create_cprfl(
                 f"{model_name} is a saved model with its own classes; load it, then call "
                 "model.set_classes(names, embeddings) to change them"
             )
-        return timm.create_model(model_name, pretrained=True, **kwargs)
+        from .hub import load_pretrained  # checks config.json and names a broken weights file
+
+        return load_pretrained(model_name, **kwargs)
     if class_names is None:
         raise ValueError("class_names is required to create a CPRFL model")
     arch, backbone = model_name, None

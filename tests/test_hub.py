@@ -784,3 +784,13 @@ def test_a_hub_backbone_model_cannot_be_saved(model: CPRFL, tmp_path: Path) -> N
     with pytest.raises(ValueError, match=r"the model's backbone is 'hf-hub:.*self-contained"):
         m.save_pretrained(tmp_path / "m")
     assert not (tmp_path / "m").exists()
+
+
+def test_create_cprfl_loads_through_the_checked_loader(saved: Path, tmp_path: Path) -> None:
+    folder = _copy(saved, tmp_path)
+    (folder / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"model\.safetensors is not a complete safetensors file"):
+        create_cprfl(f"local-dir:{folder}")
+    (folder / "config.json").write_text("{")
+    with pytest.raises(ValueError, match=r"config\.json: not valid JSON"):
+        create_cprfl(f"local-dir:{folder}")

@@ -178,6 +178,9 @@ def export_pt2(
 def load_pt2(path: str | os.PathLike[str]) -> tuple[torch.export.ExportedProgram, dict[str, Any]]:
     """Load a .pt2 file written by :func:`export_pt2`.
 
+    ``torch.export.load`` may unpickle objects stored in the archive, so, as with any pickle,
+    load only .pt2 files from sources you trust (ONNX files hold no code).
+
     Args:
         path: The file.
 

@@ -158,3 +158,48 @@ def test_cli_exports_a_saved_model(tmp_path: Path, capsys):
 
 def read_metadata_onnx(path: Path) -> dict[str, str]:
     return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+def test_docs_deploy_and_export_examples(tmp_path: Path, monkeypatch):
+    """The calls of docs/src/predicting.md "Deploying and exporting", on a tiny saved model."""
+    import timm.data
+
+    from cprfl_zoo import create_cprfl
+
+    monkeypatch.chdir(tmp_path)
+    make("cnn").save_pretrained("out/cprfl-coco-lt")
+    images = batch("cnn", 2)
+
+    model = create_cprfl("local-dir:out/cprfl-coco-lt").eval()
+    deployed = model.deploy()
+    with torch.inference_mode():
+        logits = deployed(images)
+    probs = torch.sigmoid(logits)
+    labels = probs >= deployed.thresholds
+    assert labels.shape == (2, len(NAMES)) and labels.dtype == torch.bool
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(images), rtol=1e-4, atol=1e-5)
+    data = timm.data.resolve_data_config(model=deployed)
+    assert data["input_size"] == model.pretrained_cfg["input_size"]
+    assert data["mean"] == model.pretrained_cfg["mean"]
+
+    export_onnx(deployed, "cprfl.onnx")
+    export_pt2(deployed, "cprfl.pt2")
+    program, meta = load_pt2("cprfl.pt2")
+    size = tuple(model.pretrained_cfg["input_size"])
+    images = torch.randn(3, *size)
+    logits = program.module()(images)
+    assert logits.shape == (3, len(NAMES)) and meta["input_name"] == "images"
+
+    session = ort.InferenceSession("cprfl.onnx", providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    names, thresholds = json.loads(meta["class_names"]), json.loads(meta["thresholds"])
+    (logits,) = session.run(None, {"images": images.numpy()})
+    probs = 1 / (1 + np.exp(-logits))
+    labels = [
+        [n for n, p, t in zip(names, row, thresholds, strict=True) if p >= t] for row in probs
+    ]
+    assert names == NAMES
+    expected = torch.sigmoid(deployed(images)) >= deployed.thresholds
+    assert labels == [[n for n, y in zip(NAMES, row, strict=True) if y] for row in expected]
+    assert read_metadata("cprfl.onnx")["thresholds"] == pytest.approx(thresholds)

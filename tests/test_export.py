@@ -141,6 +141,8 @@ def test_cli_exports_a_saved_model(tmp_path: Path, capsys):
     assert f"as pt2: {out}" in capsys.readouterr().out
     loaded, meta = load_pt2(out)
     assert meta["class_names"] == NAMES and meta["preprocessing"]["input_size"] == [3, 64, 64]
+    if hasattr(model, "get_thresholds"):  # calibrated thresholds travel through the saved config
+        assert meta["thresholds"] == pytest.approx(model.get_thresholds().tolist())
     x = batch("cnn", 2)
     with torch.no_grad():
         torch.testing.assert_close(loaded.module()(x), model(x), rtol=1e-4, atol=1e-5)

@@ -281,6 +281,18 @@ def check_saved_model_args(model_args: Any, where: str) -> None:
             raise ValueError(
                 f"{where}: model_args.{key} must be an object, got {type(value).__name__}"
             )
+    if model_args.get("thresholds") is not None:
+        from .thresholds import validate_thresholds
+
+        if not isinstance(model_args["thresholds"], list):
+            raise ValueError(
+                f"{where}: model_args.thresholds must be a list of {len(names)} numbers, got "
+                f"{type(model_args['thresholds']).__name__}"
+            )
+        try:
+            validate_thresholds(model_args["thresholds"], len(names), "thresholds")
+        except ValueError as e:
+            raise ValueError(f"{where}: model_args.{e}") from None
 
 
 def read_saved_config(path: str | os.PathLike[str], where: str | None = None) -> dict[str, Any]:
@@ -648,6 +660,25 @@ def build_model_card(
     lines += [
         "## How to use",
         "",
+        "This is a **multi-label** model: each class has its own probability, "
+        "`sigmoid(logit)`, and an image can have any number of labels. The Hub's "
+        "image-classification widget applies a softmax across classes, which is wrong for "
+        "such a model (the widget's scores compete and sum to 1); use `predict()`, which applies "
+        "the sigmoid and the model's thresholds:",
+        "",
+        "```python",
+        "import cprfl_zoo",
+        "from PIL import Image",
+        "",
+        f'model = cprfl_zoo.CPRFL.from_pretrained("{ref}").eval()',
+        'predictions = model.predict([Image.open("photo.jpg")])  # one Prediction per image',
+        "print(predictions[0].labels, predictions[0].probabilities)  # labels above threshold",
+        "```",
+        "",
+        "or, from the command line: `cprfl-zoo predict "
+        + (f"hf-hub:{ref}" if repo_id else "MODEL")
+        + " photos/ --output preds.jsonl`. The raw probabilities:",
+        "",
         "```python",
         "import cprfl_zoo, timm, torch",
         "",
@@ -658,7 +689,12 @@ def build_model_card(
         "with torch.no_grad():",
         "    probs = model(transform(image).unsqueeze(0)).sigmoid()  # (1, num_classes)",
         "labels = model.class_names  # in logit order",
+        "predicted = probs[0] >= model.get_thresholds()  # per-class thresholds",
         "```",
+        "",
+        "### Decision thresholds",
+        "",
+        *_threshold_lines(model),
         "",
         "## Labels",
         "",
@@ -670,6 +706,22 @@ def build_model_card(
     lines += ["## Citation", "", "```bibtex", CPRFL_CITATION, "```", ""]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
     return str(card)
+
+
+def _threshold_lines(model: nn.Module) -> list[str]:
+    values = getattr(model, "thresholds", None)
+    if values is None:
+        return [
+            "Not calibrated: every class uses probability 0.5. Calibrate per-class thresholds on "
+            "a validation set with `cprfl-zoo calibrate` (stored in `config.json`)."
+        ]
+    ordered = sorted(values)
+    median = ordered[len(ordered) // 2]
+    return [
+        f"Calibrated per class on a validation set (maximum F1 of each class): probabilities "
+        f"from {ordered[0]:.3f} to {ordered[-1]:.3f}, median {median:.3f}; stored in "
+        "`config.json` (`model_args.thresholds`, in logit order) and used by `predict()`."
+    ]
 
 
 def _data_line(model: nn.Module) -> str:

@@ -28,6 +28,7 @@ from torch import nn
 from .backbone import backbone_tokens, create_backbone
 from .hub import check_saved_model_args, pretrained_filter, saved_config_name
 from .prompt_init import PromptInit
+from .thresholds import DEFAULT_THRESHOLD, validate_thresholds
 from .vsi import VSI
 
 if TYPE_CHECKING:
@@ -223,6 +224,9 @@ class CPRFL(nn.Module):
             not given (for loading saved weights).
         text_tower: A loaded :class:`~cprfl_zoo.text.TextTower` with the class prompts; implies
             ``trainable_text_encoder``.
+        thresholds: Per-class decision thresholds, probabilities in [0, 1] applied to
+            ``sigmoid(logits)``, in logit order (see :meth:`set_thresholds` and
+            :func:`cprfl_zoo.thresholds.calibrate_thresholds`); ``None``: not calibrated, 0.5.
     """
 
     def __init__(
@@ -253,6 +257,7 @@ class CPRFL(nn.Module):
         text_encoder_cfg: dict[str, Any] | None = None,
         trainable_text_encoder: bool = False,
         text_tower: nn.Module | None = None,
+        thresholds: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if class_names is None:
@@ -325,6 +330,9 @@ class CPRFL(nn.Module):
             self.logit_scale = nn.Parameter(torch.tensor(math.log(COSINE_INIT_SCALE)))
             self.logit_bias = nn.Parameter(torch.zeros(()))
         self.grad_checkpointing = False
+        self._thresholds: list[float] | None = None
+        if thresholds is not None:
+            self.set_thresholds(thresholds)
         self.text_encoder_cfg = dict(text_encoder_cfg or {})
         if trainable_text_encoder and text_tower is None:
             from .text import TextTower
@@ -399,6 +407,8 @@ class CPRFL(nn.Module):
         args = dict(self._arch_args, class_names=list(self.class_names))
         if self.text_encoder_cfg:
             args["text_encoder_cfg"] = dict(self.text_encoder_cfg)
+        if self._thresholds is not None:
+            args["thresholds"] = list(self._thresholds)
         return args
 
     @property
@@ -456,6 +466,50 @@ class CPRFL(nn.Module):
         self.class_embeddings = text_embeddings.detach().to(buf.device, torch.float32).clone()
         self.class_names = names
         self.num_classes = len(names)
+        if self._thresholds is not None:
+            _logger.warning(
+                "set_classes: the %d calibrated thresholds belonged to the old classes and were "
+                "dropped (every class now uses %s); calibrate again for the new classes",
+                len(self._thresholds),
+                DEFAULT_THRESHOLD,
+            )
+            self._thresholds = None
+
+    # ------------------------------------------------------------------ thresholds
+    @property
+    def thresholds(self) -> list[float] | None:
+        """Per-class probability thresholds in logit order, or ``None`` when not calibrated."""
+        return None if self._thresholds is None else list(self._thresholds)
+
+    def get_thresholds(self) -> torch.Tensor:
+        """Return the decision thresholds as a float32 (C,) tensor of probabilities.
+
+        A class is predicted when ``sigmoid(logit) >= threshold``. An uncalibrated model uses
+        :data:`~cprfl_zoo.thresholds.DEFAULT_THRESHOLD` (0.5) for every class.
+
+        Returns:
+            The thresholds, on the CPU.
+        """
+        if self._thresholds is None:
+            return torch.full((self.num_classes,), DEFAULT_THRESHOLD, dtype=torch.float32)
+        return torch.tensor(self._thresholds, dtype=torch.float32)
+
+    def set_thresholds(self, values: float | Sequence[float] | torch.Tensor | None) -> None:
+        """Set the per-class decision thresholds (saved with the model, shown in its card).
+
+        Args:
+            values: ``num_classes`` probabilities in [0, 1] in logit order (e.g.
+                ``calibrate_thresholds(logits, targets).as_list()``), one number for every
+                class, or ``None`` to go back to the uncalibrated 0.5.
+
+        Raises:
+            ValueError: If the length is not ``num_classes`` or a value is not a finite number
+                in [0, 1].
+        """
+        if values is None:
+            self._thresholds = None
+            return
+        self._thresholds = validate_thresholds(values, self.num_classes)
 
     def get_class_embeddings(self) -> torch.Tensor:
         """Return the class embeddings W (C, m) used by the PI network.
@@ -727,6 +781,7 @@ _HEAD_ARGS = frozenset(
         "text_encoder_cfg",
         "trainable_text_encoder",
         "text_tower",
+        "thresholds",
     }
 )
 

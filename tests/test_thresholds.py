@@ -1,0 +1,233 @@
+"""Per-class decision thresholds: the model's API, saving, and F1 calibration (offline)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from cprfl_zoo import CPRFL, create_cprfl
+from cprfl_zoo.hub import build_model_card
+from cprfl_zoo.thresholds import (
+    DEFAULT_THRESHOLD,
+    best_f1_thresholds,
+    calibrate_thresholds,
+    validate_thresholds,
+)
+
+NAMES = ["cat", "dog", "zebra", "kite"]
+
+
+def _model(thresholds=None) -> CPRFL:
+    torch.manual_seed(0)
+    return create_cprfl(
+        "test_resnet",
+        class_names=NAMES,
+        text_embeddings=torch.randn(len(NAMES), 16),
+        dim=32,
+        num_heads=2,
+        head_dim=8,
+        mlp_hidden_dim=24,
+        thresholds=thresholds,
+        pretrained_backbone=False,
+    ).eval()
+
+
+# ---------------------------------------------------------------------- model API
+def test_uncalibrated_model_uses_one_half() -> None:
+    model = _model()
+    assert model.thresholds is None
+    got = model.get_thresholds()
+    assert got.dtype == torch.float32 and got.shape == (4,)
+    assert torch.equal(got, torch.full((4,), 0.5))
+    assert "thresholds" not in model.model_args
+
+
+def test_set_get_and_save_round_trip(tmp_path: Path) -> None:
+    model = _model()
+    model.set_thresholds([0.1, 0.25, 0.9, 1.0])
+    assert model.thresholds == [0.1, 0.25, 0.9, 1.0]
+    assert torch.allclose(model.get_thresholds(), torch.tensor([0.1, 0.25, 0.9, 1.0]))
+    model.save_pretrained(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["model_args"]["thresholds"] == [0.1, 0.25, 0.9, 1.0]
+    for loaded in (
+        CPRFL.from_pretrained(tmp_path / "m"),
+        timm.create_model(f"local-dir:{tmp_path / 'm'}", pretrained=True),
+        create_cprfl(f"local-dir:{tmp_path / 'm'}"),
+    ):
+        assert loaded.thresholds == [0.1, 0.25, 0.9, 1.0]
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "from 0.100 to 1.000" in card
+
+
+def test_constructor_and_scalar() -> None:
+    assert _model(thresholds=[0.2, 0.3, 0.4, 0.5]).thresholds == [0.2, 0.3, 0.4, 0.5]
+    model = _model()
+    model.set_thresholds(0.7)
+    assert model.thresholds == [0.7] * 4
+    model.set_thresholds(torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    assert model.thresholds == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    model.set_thresholds(None)
+    assert model.thresholds is None
+
+
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        ([0.5, 0.5], r"has 2 values but the model has 4 classes"),
+        ([0.5, 0.5, 1.5, 0.5], r"thresholds\[2\] is 1.5; thresholds are probabilities in \[0, 1\]"),
+        ([0.5, math.nan, 0.5, 0.5], r"thresholds\[1\] is nan"),
+        ([0.5, "0.5", 0.5, 0.5], r"thresholds\[1\] is '0.5' \(str\), not a number"),
+        ([0.5, True, 0.5, 0.5], r"thresholds\[1\] is True \(bool\)"),
+        ("0.5", r"must be a number or a sequence of 4 numbers"),
+        (torch.zeros(2, 2), r"1-D real tensor of 4 values, got shape \(2, 2\)"),
+    ],
+)
+def test_bad_thresholds_are_named(values, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        _model().set_thresholds(values)
+
+
+def test_set_classes_drops_thresholds_with_a_warning(caplog) -> None:
+    model = _model(thresholds=[0.2, 0.3, 0.4, 0.5])
+    with caplog.at_level(logging.WARNING, logger="cprfl_zoo.model"):
+        model.set_classes(["a", "b"], torch.randn(2, 16))
+    assert model.thresholds is None
+    assert torch.equal(model.get_thresholds(), torch.full((2,), 0.5))
+    assert "thresholds belonged to the old classes" in caplog.text
+
+
+def test_bad_saved_thresholds_name_the_file(tmp_path: Path) -> None:
+    _model(thresholds=[0.2, 0.3, 0.4, 0.5]).save_pretrained(tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg["model_args"]["thresholds"] = [0.2, 0.3, 0.4]
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"config.json: model_args.thresholds has 3 values"):
+        CPRFL.from_pretrained(tmp_path / "m")
+
+
+def test_model_card_warns_about_softmax_and_shows_predict_first() -> None:
+    card = build_model_card(_model(), repo_id="me/m")
+    assert "softmax" in card and "wrong" in card
+    assert card.index("model.predict(") < card.index(".sigmoid()")
+    assert "Not calibrated: every class uses probability 0.5" in card
+
+
+# ---------------------------------------------------------------------- calibration
+def _brute_force_best_f1(probs: list[float], targets: list[int]) -> float:
+    """Best F1 of ``prob >= t`` over every candidate threshold (each distinct score, and 'none')."""
+    positives = sum(targets)
+    best = 0.0
+    for t in set(probs):
+        tp = sum(1 for p, y in zip(probs, targets, strict=True) if p >= t and y)
+        predicted = sum(1 for p in probs if p >= t)
+        best = max(best, 2 * tp / (predicted + positives))
+    return best
+
+
+def _f1_at(probs: torch.Tensor, targets: torch.Tensor, t: float) -> float:
+    pred = probs >= t
+    tp = float((pred & targets.bool()).sum())
+    return 2 * tp / (float(pred.sum()) + float(targets.sum()))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_per_class_thresholds_reach_the_brute_force_best_f1(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    n, c = 60, 7
+    targets = (torch.rand(n, c, generator=g) < torch.linspace(0.05, 0.6, c)).long()
+    targets[0, :] = 1  # every class has a positive
+    logits = 2.0 * targets + torch.randn(n, c, generator=g)
+    logits[:, 3] = torch.round(logits[:, 3])  # heavy ties
+    probs = logits.double().sigmoid()
+    thresholds, f1 = best_f1_thresholds(probs, targets.bool())
+    for j in range(c):
+        expected = _brute_force_best_f1(probs[:, j].tolist(), targets[:, j].tolist())
+        assert f1[j].item() == pytest.approx(expected, abs=1e-12)
+        assert _f1_at(probs[:, j], targets[:, j], thresholds[j].item()) == pytest.approx(expected)
+        # the midpoint rule: strictly between the last kept score and the next one
+        kept = probs[:, j][probs[:, j] >= thresholds[j]]
+        dropped = probs[:, j][probs[:, j] < thresholds[j]]
+        if len(dropped):
+            assert thresholds[j] == pytest.approx((kept.min() + dropped.max()).item() / 2)
+
+
+def test_calibration_result_global_threshold_and_fallback() -> None:
+    g = torch.Generator().manual_seed(3)
+    n, c = 80, 5
+    targets = (torch.rand(n, c, generator=g) < 0.3).long()
+    targets[:, 4] = 0  # no validation positive
+    logits = 3.0 * targets - 1.5 + torch.randn(n, c, generator=g)
+    result = calibrate_thresholds(logits, targets)
+    probs = logits.double().sigmoid()
+    # global: brute-force best micro F1 over the flattened scores
+    expected_global = _brute_force_best_f1(probs.flatten().tolist(), targets.flatten().tolist())
+    assert result.global_f1 == pytest.approx(expected_global)
+    assert _f1_at(probs.flatten(), targets.flatten(), result.global_threshold) == pytest.approx(
+        expected_global
+    )
+    assert result.fallback_classes == (4,)
+    assert result.thresholds[4].item() == pytest.approx(result.global_threshold)
+    assert math.isnan(result.class_f1[4])
+    assert result.thresholds.dtype == torch.float32
+    assert result.num_positives.tolist() == targets.sum(0).tolist()
+    assert len(result.as_list()) == c
+    # probabilities in, same thresholds out
+    same = calibrate_thresholds(probs, targets, from_logits=False)
+    assert torch.allclose(same.thresholds, result.thresholds)
+    # min_positives and an explicit fallback
+    few = calibrate_thresholds(logits, targets, min_positives=1000, fallback=0.9)
+    assert few.fallback_classes == tuple(range(c))
+    assert torch.allclose(few.thresholds, torch.full((c,), 0.9))
+
+
+def test_calibrated_thresholds_beat_one_global_threshold_on_a_shifted_tail() -> None:
+    """A tail class scored lower than the head: per-class thresholds recover its F1."""
+    g = torch.Generator().manual_seed(4)
+    n = 400
+    targets = torch.zeros(n, 2, dtype=torch.long)
+    targets[:200, 0] = 1
+    targets[:20, 1] = 1
+    logits = torch.randn(n, 2, generator=g) * 0.3
+    logits[:, 0] += 2.0 * targets[:, 0]
+    logits[:, 1] += 1.0 * targets[:, 1] - 2.0  # the tail class's scores sit lower
+    result = calibrate_thresholds(logits, targets)
+    probs = logits.sigmoid()
+    tail_global = _f1_at(probs[:, 1], targets[:, 1], result.global_threshold)
+    tail_class = _f1_at(probs[:, 1], targets[:, 1], result.thresholds[1].item())
+    assert tail_class > tail_global + 0.3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"targets": -1}, r"targets must be multi-hot 0/1 values"),
+        ({"min_positives": 0}, r"min_positives must be an int >= 1"),
+        ({"fallback": 2.0}, r"fallback\[0\] is 2.0"),
+        ({"scores": 3.0, "from_logits": False}, r"scores are not probabilities"),
+    ],
+)
+def test_bad_calibration_inputs(kwargs, match) -> None:
+    scores = torch.rand(6, 3)
+    targets = torch.tensor([[1, 0, 0]] * 6)
+    if "targets" in kwargs:
+        targets = targets.clone()
+        targets[0, 1] = kwargs.pop("targets")
+    if "scores" in kwargs:
+        scores = scores + kwargs.pop("scores")
+    with pytest.raises(ValueError, match=match):
+        calibrate_thresholds(scores, targets, **kwargs)
+
+
+def test_validate_thresholds_accepts_numpy() -> None:
+    import numpy as np
+
+    assert validate_thresholds(np.array([0.25, 0.75]), 2) == [0.25, 0.75]
+    assert DEFAULT_THRESHOLD == 0.5

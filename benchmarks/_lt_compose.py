@@ -11,6 +11,10 @@ The composition is exact: class ``c`` is present on exactly ``counts[c]`` canvas
 image is used twice within one composed set. The training set's counts follow an exponential
 profile from ``max_count`` down to ``max_count / imbalance`` over a seeded class order; the test
 set gives every class the same count and draws only from the sources' test images.
+
+:func:`compose_rgba_set` does the same for colour RGBA objects (the emoji of ``lt_emoji.py``):
+sources drawn with replacement from small per-class pools, objects rotated and alpha-composited
+onto varied backgrounds (:func:`render_rgba_canvas`).
 """
 
 from __future__ import annotations

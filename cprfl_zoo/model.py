@@ -33,6 +33,7 @@ from .vsi import VSI
 
 if TYPE_CHECKING:
     from .deploy import DeployedCPRFL
+    from .predict import Prediction
 
 _logger = logging.getLogger(__name__)
 
@@ -673,6 +674,36 @@ class CPRFL(nn.Module):
             Logits (B, C).
         """
         return self.forward_head(self.forward_features(x))
+
+    # ------------------------------------------------------------------ prediction
+    def predict(
+        self,
+        images: Any,
+        thresholds: float | Sequence[float] | torch.Tensor | None = None,
+        *,
+        transform: Any = None,
+        batch_size: int = 32,
+    ) -> list[Prediction]:
+        """Predict the labels of images: sigmoid probabilities at the model's thresholds.
+
+        See :func:`cprfl_zoo.predict.predict`; for many files use
+        :class:`~cprfl_zoo.predict.Predictor` or ``cprfl-zoo predict``.
+
+        Args:
+            images: PIL images, image paths, or a preprocessed ``(B, C, H, W)`` tensor.
+            thresholds: Probability thresholds for this call, one number or one per class
+                (default: :meth:`get_thresholds`).
+            transform: Preprocessing of PIL images (default: timm's eval transform for the
+                model's data config).
+            batch_size: Images per forward pass.
+
+        Returns:
+            One :class:`~cprfl_zoo.predict.Prediction` per image (``labels``,
+            ``probabilities``, ``indices``, in logit order).
+        """
+        from .predict import predict
+
+        return predict(self, images, thresholds, transform=transform, batch_size=batch_size)
 
     # ------------------------------------------------------------------ deployment
     def deploy(self) -> DeployedCPRFL:

@@ -1,10 +1,13 @@
-"""Print the top labels of a saved CPRFL model for some images.
+"""Print the labels a saved CPRFL model predicts for some images, and its top labels.
 
     python examples/predict.py MODEL IMAGE [IMAGE ...] [--top-k 5] [--threshold 0.5]
 
 MODEL is a folder written by ``save_pretrained`` (or ``train.py``), a Hugging Face Hub repository
-id (``user/repo``, ``user/repo@revision``) or ``hf-hub:user/repo``. Images are preprocessed with
-timm's evaluation transform for the model's data config (resize, centre crop, normalise).
+id (``user/repo``, ``user/repo@revision``) or ``hf-hub:user/repo``. ``model.predict`` preprocesses
+the images with timm's evaluation transform for the model's data config (resize, centre crop,
+normalise), applies the sigmoid and the model's per-class thresholds (0.5 where uncalibrated) and
+returns the labels at or above them. For folders, globs and output files, use
+``cprfl-zoo predict``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import timm.data
 import torch
 from PIL import Image, UnidentifiedImageError
 
@@ -83,15 +85,15 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         )
 
 
-def load_images(paths: list[Path], transform: object) -> torch.Tensor:
-    tensors = []
+def load_images(paths: list[Path]) -> list[Image.Image]:
+    images = []
     for path in paths:
         try:
             with Image.open(path) as img:
-                tensors.append(transform(img.convert("RGB")))
+                images.append(img.convert("RGB"))
         except (UnidentifiedImageError, OSError) as e:
             raise SystemExit(f"error: cannot read image {path}: {e}") from None
-    return torch.stack(tensors)
+    return images
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,25 +108,23 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: cannot load model {args.model}: {e}") from e
     model = model.to(device).eval()
     model.freeze_class_embeddings()
-    config = timm.data.resolve_model_data_config(model)
-    transform = timm.data.create_transform(**config, is_training=False)
-    names = model.class_names
-    top_k = min(args.top_k, len(names))
+    top_k = min(args.top_k, model.num_classes)
 
     for start in range(0, len(args.images), args.batch_size):
         paths = args.images[start : start + args.batch_size]
-        batch = load_images(paths, transform).to(device)
-        with torch.no_grad():
-            probs = model(batch).float().sigmoid().cpu()
-        for path, p in zip(paths, probs, strict=True):
-            order = p.argsort(descending=True).tolist()
+        images = load_images(paths)
+        predicted = model.predict(images)  # the model's thresholds
+        everything = model.predict(images, thresholds=0.0)  # every class, for the top-k view
+        for path, labels, every in zip(paths, predicted, everything, strict=True):
+            order = sorted(range(len(every.labels)), key=lambda i: -every.probabilities[i])
             shown = order[:top_k]
             if args.threshold is not None:
-                shown = sorted(set(shown) | {i for i in order if p[i] >= args.threshold})
-                shown.sort(key=lambda i: -float(p[i]))
+                extra = [i for i in order if every.probabilities[i] >= args.threshold]
+                shown = sorted(set(shown) | set(extra), key=lambda i: -every.probabilities[i])
             print(path)
+            print(f"  labels: {', '.join(labels.labels) or '(none above threshold)'}")
             for i in shown:
-                print(f"  {float(p[i]):.3f}  {names[i]}")
+                print(f"  {every.probabilities[i]:.3f}  {every.labels[i]}")
     return 0
 
 

@@ -182,3 +182,16 @@ def test_convert_official_reports_a_folder_checkpoint(tmp_path: Path, capsys) ->
     argv = ["convert-official", str(tmp_path), "--classes", "voc-lt", "--out", str(tmp_path / "o")]
     assert main(argv) == 1
     assert "is a folder; expected the .pth / .pth.tar file" in capsys.readouterr().err
+
+
+def test_parser_has_the_prediction_commands() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["predict", "m", "a.jpg", "photos/"])
+    assert args.images == ["a.jpg", "photos/"] and args.batch_size == 32 and args.workers == 2
+    assert args.output is None and args.threshold is None and args.device is None
+    args = parser.parse_args(["evaluate", "m", "test.txt", "--images", "root"])
+    assert args.list_file == "test.txt" and args.class_freq is None and args.output is None
+    args = parser.parse_args(["calibrate", "m", "val.txt", "--images", "r", "--output", "o"])
+    assert args.min_positives == 1 and args.output == "o"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["calibrate", "m", "val.txt", "--images", "r"])  # --output required

@@ -271,6 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--push-to-hub", default=None, metavar="REPO", help="upload to user/repo")
     run.add_argument(
+        "--calibrate-list",
+        type=Path,
+        default=None,
+        metavar="LIST",
+        help="validation image list (same format and image root as the data, held out from "
+        "training and test): per-class F1-optimal thresholds from it are saved with the model",
+    )
+    run.add_argument(
         "--max-steps",
         type=positive_int,
         default=None,
@@ -349,6 +357,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         ):
             if value is not None:
                 parser.error(f"argument {flag} only applies to --train-list")
+    if args.calibrate_list is not None:
+        _require_file(parser, "--calibrate-list", args.calibrate_list)
     if args.head_threshold < args.tail_threshold:
         parser.error(
             f"argument --head-threshold ({args.head_threshold}) must be >= --tail-threshold "
@@ -787,8 +797,44 @@ def epoch_metrics(entry: dict[str, Any], which: str) -> dict[str, float]:
     return {k[len(prefix) :]: v for k, v in entry.items() if k.startswith(prefix)}
 
 
+def calibrate(module: nn.Module, args: argparse.Namespace) -> None:
+    """Set per-class thresholds on ``module`` from its logits on ``--calibrate-list``."""
+    from cprfl_zoo.predict import collect_logits
+    from cprfl_zoo.thresholds import calibrate_thresholds
+
+    tf = create_transforms(module, recipe=args.aug, is_training=False, img_size=args.img_size)
+    if args.synthetic:
+        root = args.output / "synthetic_data"
+    else:
+        root = args.data_root if args.dataset is not None else args.image_root
+    try:
+        data = MultiLabelImageList(
+            args.calibrate_list, root, transform=tf, class_names=module.class_names
+        )
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: --calibrate-list: {e}") from None
+    loader = DataLoader(data, batch_size=args.batch_size, num_workers=args.workers)
+    module.eval()
+    module.freeze_class_embeddings()
+    logits, targets = collect_logits(module, loader, progress=False)
+    result = calibrate_thresholds(logits, targets)
+    module.set_thresholds(result.as_list())
+    _logger.info(
+        "thresholds calibrated on %d images of %s: global %.3f, per class %.3f..%.3f "
+        "(%d classes without a positive use the global one)",
+        len(data),
+        args.calibrate_list,
+        result.global_threshold,
+        float(result.thresholds.min()),
+        float(result.thresholds.max()),
+        len(result.fallback_classes),
+    )
+
+
 def export(module: nn.Module, args: argparse.Namespace, entry: dict[str, Any], which: str) -> None:
     """``save_pretrained`` into <output>/model, with the epoch's scores in the model card."""
+    if args.calibrate_list is not None:
+        calibrate(module, args)
     module.save_pretrained(
         args.output / MODEL_DIR,
         repo_id=args.push_to_hub,

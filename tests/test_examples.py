@@ -483,3 +483,25 @@ def test_train_on_voc_lt_reads_the_split_and_names_missing_images(train_script, 
     message = str(err.value)
     assert re.search(r"1142 of 1142 listed images are missing under ", message), message
     assert re.search(r"voc_lt_train\.txt:1\)", message), message
+
+
+def test_train_calibrates_thresholds_on_a_validation_list(train_script, trained, tmp_path):
+    """--calibrate-list: the saved model carries the F1-optimal thresholds of that list."""
+    val_list = trained / "synthetic_data" / "test.txt"  # same seed: the same generated files
+    out = tmp_path / "run"
+    argv = [*TINY_TRAIN, "--epochs", "1", "--output", str(out), "--calibrate-list", str(val_list)]
+    assert train_script.main(argv) == 0
+    model = CPRFL.from_pretrained(out / "model").eval()
+    assert model.thresholds is not None and len(model.thresholds) == model.num_classes
+    from cprfl_zoo.data import MultiLabelImageList, create_transforms
+    from cprfl_zoo.thresholds import calibrate_thresholds
+
+    tf = create_transforms(model, is_training=False, img_size=32)
+    data = MultiLabelImageList(val_list, out / "synthetic_data", transform=tf,
+                               class_names=model.class_names)  # fmt: skip
+    images, targets = zip(*(data[i] for i in range(len(data))), strict=True)
+    with torch.no_grad():
+        logits = model(torch.stack(images))
+    expected = calibrate_thresholds(logits, torch.stack(targets)).as_list()
+    assert model.thresholds == pytest.approx(expected, abs=1e-4)
+    assert "thresholds calibrated on" in (out / "log.txt").read_text()

@@ -8,7 +8,7 @@ label is predicted when its probability is ``>=`` its class's threshold. Thresho
 :func:`calibrate_thresholds` picks them on a validation set: for each class the threshold that
 maximises that class's F1, and one global threshold that maximises the overall (micro) F1.
 One sort per class finds every candidate at once (``O(N log N)`` per class, vectorised over
-classes), so calibrating 10,000 classes on 10,000 images takes seconds.
+classes): on one CPU thread, 10,000 images take 3.4 s at 1,000 classes and 47 s at 10,000.
 
 A class with no positive in the validation set (fewer than ``min_positives``) has no F1 to
 maximise: its F1-optimal threshold would be "never predict", which silences exactly the rare

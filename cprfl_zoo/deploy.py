@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import backbone_tokens
+from .backbone import backbone_tokens, check_images
 
 if TYPE_CHECKING:
     from .model import CPRFL
@@ -161,13 +161,7 @@ class DeployedCPRFL(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 4:
-            raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"images have {x.shape[1]} channels but the model expects {self.in_chans} "
-                f"(input shape {tuple(x.shape)})"
-            )
+        check_images(x, self.in_chans, self.visual_proj.weight.dtype)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Compute the projected local visual tokens F.

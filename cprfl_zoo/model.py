@@ -25,7 +25,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._manipulate import checkpoint
 from torch import nn
 
-from .backbone import backbone_tokens, create_backbone
+from .backbone import backbone_tokens, check_images, create_backbone
 from .hub import check_saved_model_args, pretrained_filter, saved_config_name
 from .prompt_init import PromptInit
 from .thresholds import DEFAULT_THRESHOLD, validate_thresholds
@@ -597,33 +597,7 @@ class CPRFL(nn.Module):
         return self.prompt_init
 
     def _check_input(self, x: torch.Tensor) -> None:
-        # Type, dtype and shape only: nothing here reads tensor values (no host sync).
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(
-                f"images must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}; "
-                "convert with torch.as_tensor(...) or use timm's transforms"
-            )
-        if not x.is_floating_point():
-            raise TypeError(
-                f"images must be a floating-point tensor, got dtype {x.dtype}; timm's transforms "
-                "give float32 (for uint8 pixels: x.float() / 255, then normalise with the "
-                "model's mean and std)"
-            )
-        weight_dtype = self.visual_proj.weight.dtype
-        if x.dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):
-            raise TypeError(
-                f"images are {x.dtype} but the model's weights are {weight_dtype}; cast them "
-                f"with x.to({weight_dtype}) or run under torch.autocast"
-            )
-        if x.ndim != 4:
-            raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"images have {x.shape[1]} channels but the model expects {self.in_chans} "
-                f"(input shape {tuple(x.shape)})"
-            )
-        if x.shape[2] == 0 or x.shape[3] == 0:
-            raise ValueError(f"images have an empty spatial size: shape {tuple(x.shape)}")
+        check_images(x, self.in_chans, self.visual_proj.weight.dtype)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Compute the projected local visual tokens F.

@@ -353,3 +353,21 @@ def test_real_efficientnet_lite0_weights_classify_sample_photos():
     model = _assets.efficientnet_lite0_imagenet()
     report = _assets.imagenet_check(model)
     assert [r["top5"][0][0] for r in report] == [985, 698]  # daisy, palace
+
+
+def test_a_missing_benchmark_package_names_the_install_command_and_installs_nothing(monkeypatch):
+    import subprocess
+
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError(f"the benchmark tried to run {args}")
+
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    with pytest.raises(RuntimeError, match=r"pip install not-a-real-package-xyz"):
+        _assets.ensure_pip_package("not_a_real_module_xyz", "not-a-real-package-xyz")
+
+
+def test_missing_fashion_mnist_names_the_apt_command(monkeypatch, tmp_path):
+    monkeypatch.setattr(_assets, "FASHION_DIR", tmp_path / "absent")
+    monkeypatch.setattr(_assets, "_fashion_dir_from_dpkg", lambda: None)
+    with pytest.raises(RuntimeError, match=r"apt-get install -y dataset-fashion-mnist"):
+        _assets.ensure_fashion_mnist()

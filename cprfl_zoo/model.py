@@ -26,7 +26,7 @@ from timm.models._manipulate import checkpoint
 from torch import nn
 
 from .backbone import backbone_tokens, check_images, create_backbone
-from .hub import check_saved_model_args, pretrained_filter, saved_config_name
+from .classes import validate_class_inputs
 from .prompt_init import PromptInit
 from .thresholds import DEFAULT_THRESHOLD, validate_thresholds
 from .vsi import VSI
@@ -40,80 +40,6 @@ _logger = logging.getLogger(__name__)
 __all__ = ["CPRFL", "validate_class_inputs", "validate_head_args"]
 
 _DATA_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
-
-
-def validate_class_inputs(
-    class_names: Sequence[str], text_embeddings: torch.Tensor | None = None
-) -> list[str]:
-    """Check class names (and their embeddings) and return the names as a list.
-
-    Args:
-        class_names: The class names, in logit order.
-        text_embeddings: Optional (C, m) embeddings, one row per name.
-
-    Returns:
-        The names as a list.
-
-    Raises:
-        ValueError: On empty, duplicate or non-string names, or embeddings of the wrong shape.
-        TypeError: If ``class_names`` is a bare string or embeddings are not a tensor.
-    """
-    if isinstance(class_names, (str, bytes, bytearray)) or not isinstance(class_names, Sequence):
-        raise TypeError(
-            f"class_names must be a sequence of strings, got {type(class_names).__name__}"
-        )
-    names = list(class_names)
-    if not names:
-        raise ValueError("class_names is empty: CPRFL needs at least one class")
-    for i, name in enumerate(names):
-        if not isinstance(name, str):
-            raise ValueError(f"class_names[{i}] is {type(name).__name__} {name!r}, not a string")
-        if not name.strip():
-            raise ValueError(f"class_names[{i}] is an empty or blank string")
-    seen: dict[str, int] = {}
-    for i, name in enumerate(names):
-        if name in seen:
-            raise ValueError(
-                f"duplicate class name {name!r} at positions {seen[name]} and {i}; "
-                "class names must be unique"
-            )
-        seen[name] = i
-    if text_embeddings is not None:
-        if not isinstance(text_embeddings, torch.Tensor):
-            raise TypeError(
-                f"text_embeddings must be a torch.Tensor, got {type(text_embeddings).__name__}"
-            )
-        if text_embeddings.is_complex():
-            raise TypeError(
-                f"text_embeddings must be a real (float) tensor, got dtype {text_embeddings.dtype}"
-            )
-        if text_embeddings.is_meta:
-            raise ValueError(
-                "text_embeddings are on the meta device and hold no values; pass a tensor with "
-                "values (on the CPU or an accelerator)"
-            )
-        if text_embeddings.ndim != 2:
-            raise ValueError(
-                f"text_embeddings must have shape (num_classes, embed_dim), got "
-                f"{tuple(text_embeddings.shape)}"
-            )
-        if text_embeddings.shape[0] != len(names):
-            raise ValueError(
-                f"text_embeddings has {text_embeddings.shape[0]} rows but there are "
-                f"{len(names)} class names; expected one embedding per class"
-            )
-        if text_embeddings.shape[1] == 0:
-            raise ValueError(
-                f"text_embeddings have width 0 (shape {tuple(text_embeddings.shape)}); expected "
-                "(num_classes, embed_dim) with embed_dim >= 1"
-            )
-        # The model stores float32: a float64 value beyond float32's range becomes inf there.
-        if not torch.isfinite(text_embeddings.detach().to(torch.float32)).all():
-            raise ValueError(
-                "text_embeddings contains NaN or infinite values (checked as float32, the "
-                "model's storage type: float64 values beyond about 3.4e38 overflow to inf)"
-            )
-    return names
 
 
 COSINE_INIT_SCALE = 10.0  # initial s of the opt-in cosine classifier
@@ -832,6 +758,8 @@ def _create_cprfl(variant: str, pretrained: bool = False, **kwargs: Any) -> CPRF
     unless given; ``text_encoder``, ``text_pretrained``, ``templates``, ``normalize_embeddings``
     and ``embed_cache_dir`` choose how.
     """
+    # hub reads and checks saved models, which needs this module: imported here, not at the top.
+    from .hub import check_saved_model_args, pretrained_filter, saved_config_name
     from .text import pop_text_encoder_kwargs, prepare_text_inputs
 
     text_kwargs = pop_text_encoder_kwargs(kwargs)

@@ -40,8 +40,9 @@ import timm
 import torch
 
 from .class_lists import get_class_names
+from .classes import validate_class_inputs
 from .hub import check_state_dict
-from .model import CPRFL, validate_class_inputs, validate_head_args
+from .model import CPRFL, validate_head_args
 
 _logger = logging.getLogger(__name__)
 

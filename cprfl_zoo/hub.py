@@ -39,6 +39,7 @@ from timm.models._hub import save_config_for_hf
 from torch import nn
 
 from ._version import __version__
+from .classes import validate_class_inputs
 
 if TYPE_CHECKING:
     from .model import CPRFL
@@ -243,7 +244,7 @@ def check_saved_model_args(model_args: Any, where: str) -> None:
             :class:`~cprfl_zoo.model.CPRFL`, lacks ``backbone`` or ``class_names``, has a value
             of the wrong type or range, or names a backbone that is not self-contained.
     """
-    from .model import validate_class_inputs, validate_head_args
+    from .model import validate_head_args
 
     if not isinstance(model_args, Mapping):
         raise ValueError(

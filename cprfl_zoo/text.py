@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .classes import validate_class_inputs
 from .text_cache import (
     CACHE_ENV,
     cache_file_name,
@@ -793,8 +794,6 @@ def encode_class_names_info(
         OfflineCacheMissError: On a miss while offline, when the weights are not cached locally.
         ValueError: For bad class names, templates, model names or tags.
     """
-    from .model import validate_class_inputs
-
     names = validate_class_inputs(class_names)
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")

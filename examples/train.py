@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 import cprfl_zoo
+from cprfl_zoo.classes import validate_class_inputs
 from cprfl_zoo.data import (
     MultiLabelImageList,
     create_lt_dataset,
@@ -58,7 +59,6 @@ from cprfl_zoo.data import (
 from cprfl_zoo.fileio import atomic_path, atomic_write_text
 from cprfl_zoo.losses import AsymmetricLoss
 from cprfl_zoo.metrics import MultiLabelEvaluator
-from cprfl_zoo.model import validate_class_inputs
 from cprfl_zoo.synthetic import DIGIT_NAMES, make_digit_composites, write_image_list
 from cprfl_zoo.text import TextEncoderSpec, encode_class_names_info
 

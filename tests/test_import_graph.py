@@ -1,0 +1,141 @@
+"""The package's module-level imports form no circle.
+
+Only imports that run when a module is imported count: those inside functions and under
+``if TYPE_CHECKING:`` run later (or never), so they cannot leave a module half-initialised.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = "cprfl_zoo"
+PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _module_level_imports(body: list[ast.stmt]) -> list[ast.Import | ast.ImportFrom]:
+    """Import statements executed at import time (not in functions or TYPE_CHECKING blocks)."""
+    found: list[ast.Import | ast.ImportFrom] = []
+    for node in body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append(node)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        elif isinstance(node, ast.If):
+            if not _is_type_checking(node.test):
+                found += _module_level_imports(node.body)
+            found += _module_level_imports(node.orelse)
+        elif isinstance(node, ast.ClassDef):
+            found += _module_level_imports(node.body)  # a class body runs at import time
+        elif isinstance(node, (ast.Try, ast.With, ast.For, ast.While)):
+            for field in ("body", "orelse", "finalbody"):
+                found += _module_level_imports(getattr(node, field, []))
+            for handler in getattr(node, "handlers", []):
+                found += _module_level_imports(handler.body)
+    return found
+
+
+def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool) -> set[str]:
+    """Package modules a statement imports (``from . import x`` names the submodule x)."""
+    if isinstance(node, ast.Import):
+        names = {alias.name for alias in node.names}
+    else:
+        if node.level:
+            base = module.split(".") if is_package else module.split(".")[:-1]
+            base = base[: len(base) - (node.level - 1)]
+            source = ".".join(base + ([node.module] if node.module else []))
+        else:
+            source = node.module or ""
+        names = {source} | {f"{source}.{alias.name}" for alias in node.names}
+    return {n for n in names if n == PACKAGE or n.startswith(PACKAGE + ".")}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module name -> package modules it imports at module level."""
+    paths = {_module_name(p): p for p in sorted(PACKAGE_DIR.rglob("*.py"))}
+    graph: dict[str, set[str]] = {}
+    for module, path in paths.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        is_package = path.name == "__init__.py"
+        edges: set[str] = set()
+        for node in _module_level_imports(tree.body):
+            edges |= {t for t in _targets(node, module, is_package) if t in paths}
+        graph[module] = edges - {module}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle of ``graph`` as a closed path ``[a, b, ..., a]``, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start)):
+            return cycle
+    return None
+
+
+def test_cycle_finder_finds_a_circle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert find_cycle(graph) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_graph_reads_module_level_imports_only() -> None:
+    tree = ast.parse(
+        "from typing import TYPE_CHECKING\n"
+        "from .x import y\n"
+        "if TYPE_CHECKING:\n    from .hidden import z\n"
+        "def f():\n    from .lazy import w\n"
+        "try:\n    from . import tried\nexcept ImportError:\n    pass\n"
+    )
+    found = set()
+    for node in _module_level_imports(tree.body):
+        found |= _targets(node, f"{PACKAGE}.mod", is_package=False)
+    assert found == {f"{PACKAGE}.x", f"{PACKAGE}.x.y", PACKAGE, f"{PACKAGE}.tried"}
+
+
+def test_graph_sees_the_package_modules() -> None:
+    graph = import_graph()
+    assert {f"{PACKAGE}.model", f"{PACKAGE}.hub", f"{PACKAGE}.text"} <= set(graph)
+    assert f"{PACKAGE}.model" in graph[f"{PACKAGE}.factory"]
+
+
+def test_no_import_cycle() -> None:
+    cycle = find_cycle(import_graph())
+    if cycle:
+        pytest.fail("module-level import cycle: " + " -> ".join(cycle))
+
+
+@pytest.mark.parametrize(
+    ("module", "forbidden"),
+    [("hub", "model"), ("model", "hub"), ("text", "model"), ("classes", "model")],
+)
+def test_named_circles_are_gone(module: str, forbidden: str) -> None:
+    """The two circles of issue 12 (model <-> hub, model <-> text) stay cut at module level."""
+    assert f"{PACKAGE}.{forbidden}" not in import_graph()[f"{PACKAGE}.{module}"]

@@ -9,6 +9,7 @@ from typing import Any
 
 import timm
 import torch
+from torch import nn
 
 from .model import CPRFL
 
@@ -20,7 +21,7 @@ _HUB_PREFIXES = ("hf-hub:", "local-dir:")
 
 
 def create_cprfl(
-    model_name: str,
+    model_name: str | nn.Module,
     class_names: Sequence[str] | None = None,
     text_embeddings: torch.Tensor | None = None,
     *,
@@ -37,13 +38,17 @@ def create_cprfl(
 
     Args:
         model_name: A timm backbone name (``"resnet101"``, ``"vit_base_patch16_224.augreg_in21k"``),
-            a registered CPRFL entrypoint (``"cprfl_resnet101"``), or a saved model
-            (``"hf-hub:user/repo"``, ``"hf-hub:user/repo@revision"``, ``"local-dir:/path"``).
+            a registered CPRFL entrypoint (``"cprfl_resnet101"``), a saved model
+            (``"hf-hub:user/repo"``, ``"hf-hub:user/repo@revision"``, ``"local-dir:/path"``), or
+            a backbone module with timm's contract (``forward_features`` returning unpooled
+            features and an integer ``num_features``), used as it is. A model on a module
+            cannot be saved with ``save_pretrained``: its config needs a timm name.
         class_names: Class names in logit order (not used when loading a saved model).
         text_embeddings: Class text embeddings (C, m). When omitted, they are computed from the
             class names with CLIP's text encoder and cached on disk.
         pretrained_backbone: Load timm's pretrained weights for the backbone (ignored when
-            loading a saved model, whose file holds every weight).
+            loading a saved model, whose file holds every weight, and for a module backbone,
+            which keeps its own weights).
         text_encoder: What computes the class embeddings when ``text_embeddings`` is omitted:
             an open_clip model name (default ``"RN50-quickgelu"``, as the official code), an
             ``hf-hub:`` id, a ``local-dir:`` folder, or a callable mapping a list of names to a
@@ -65,10 +70,33 @@ def create_cprfl(
         The model, in training mode as timm returns models.
 
     Raises:
-        ValueError: For an unknown backbone name, bad class names or embeddings.
+        ValueError: For an unknown backbone name, a module without timm's contract, backbone
+            arguments given with a module, a ``model_name`` that is neither a string nor a
+            module, or bad class names or embeddings.
     """
-    if not isinstance(model_name, str) or not model_name:
-        raise ValueError(f"model_name must be a non-empty string, got {model_name!r}")
+    if isinstance(model_name, nn.Module):
+        return _create_on_module(
+            model_name,
+            class_names,
+            text_embeddings,
+            text_kwargs={
+                "text_encoder": text_encoder,
+                "text_pretrained": text_pretrained,
+                "templates": templates,
+                "normalize_embeddings": normalize_embeddings,
+                "embed_cache_dir": embed_cache_dir,
+            },
+            trainable_text_encoder=trainable_text_encoder,
+            **kwargs,
+        )
+    if not isinstance(model_name, str):
+        raise ValueError(
+            "model_name must be a timm model name, a saved model ('hf-hub:...', "
+            "'local-dir:...') or a backbone nn.Module with forward_features() and "
+            f"num_features, got {type(model_name).__name__}"
+        )
+    if not model_name:
+        raise ValueError("model_name must be a non-empty string, got ''")
     text_kwargs = {
         "text_encoder": text_encoder,
         "text_pretrained": text_pretrained,
@@ -100,5 +128,41 @@ def create_cprfl(
         class_names=class_names,
         text_embeddings=text_embeddings,
         pretrained_backbone=pretrained_backbone,
+        **kwargs,
+    )
+
+
+def _create_on_module(
+    module: nn.Module,
+    class_names: Sequence[str] | None,
+    text_embeddings: torch.Tensor | None,
+    *,
+    text_kwargs: dict[str, Any],
+    trainable_text_encoder: bool,
+    **kwargs: Any,
+) -> CPRFL:
+    """Build the generic ``cprfl`` entrypoint on a user's backbone module."""
+    if class_names is None:
+        raise ValueError("class_names is required to create a CPRFL model")
+    if "backbone" in kwargs:
+        raise ValueError(
+            f"the backbone is given twice: as the module {type(module).__name__} and as "
+            f"backbone={kwargs['backbone']!r}"
+        )
+    for key in ("img_size", "in_chans"):
+        if key in kwargs:
+            raise ValueError(
+                f"{key} builds a timm backbone by name; the module {type(module).__name__} is "
+                f"used as it is, so create it with that {key} instead"
+            )
+    kwargs.update({k: v for k, v in text_kwargs.items() if v is not None})
+    if trainable_text_encoder:
+        kwargs["trainable_text_encoder"] = True
+    return timm.create_model(
+        "cprfl",
+        backbone=module,
+        class_names=class_names,
+        text_embeddings=text_embeddings,
+        pretrained_backbone=False,
         **kwargs,
     )

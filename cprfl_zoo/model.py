@@ -341,6 +341,9 @@ class CPRFL(nn.Module):
     @property
     def _model_args(self) -> dict[str, Any]:
         # timm's exporter reads reconstruction args from here; CPRFL keeps its own, complete set.
+        # A module backbone has none; timm.create_model reads this too, so it must not raise.
+        if self._arch_args["backbone"] is None:
+            return {}
         return self.model_args
 
     @_model_args.setter

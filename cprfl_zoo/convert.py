@@ -28,7 +28,6 @@ determine (the official code uses 8). The official images are raw [0, 1] tensors
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -41,8 +40,11 @@ import torch
 
 from .class_lists import get_class_names
 from .classes import validate_class_inputs
+from .fileio import file_sha256
 from .hub import check_state_dict
+from .messages import listed
 from .model import CPRFL, validate_head_args
+from .text import DEFAULT_MODEL_NAME, DEFAULT_TEMPLATES
 
 _logger = logging.getLogger(__name__)
 
@@ -55,8 +57,9 @@ __all__ = [
     "official_text_tower",
 ]
 
-OFFICIAL_TEMPLATE = "a photo of a {}."
-OFFICIAL_TOKENIZER = "RN50-quickgelu"
+# The official code's prompt and text encoder are cprfl_zoo's defaults (names kept for imports).
+OFFICIAL_TEMPLATE = DEFAULT_TEMPLATES[0]
+OFFICIAL_TOKENIZER = DEFAULT_MODEL_NAME
 OFFICIAL_DATA_CONFIG: dict[str, Any] = {
     "input_size": (3, 448, 448),
     "mean": (0.0, 0.0, 0.0),
@@ -86,11 +89,6 @@ _RESNETS = {
 }
 _TEXT_PREFIX = "text_encoder."
 _CLIP_HEAD_WIDTH = 64  # OpenAI CLIP's text transformer uses width // 64 heads
-
-
-def _listed(keys: Sequence[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 # ---------------------------------------------------------------------- reading
@@ -169,7 +167,7 @@ def _check_supported(sd: Mapping[str, torch.Tensor], source: str) -> None:
     deeper = sorted(k for k in sd if re.match(r"attention\.layers\.[1-9]\d*\.", k))
     if deeper:
         raise ValueError(
-            f"{source} has a VSI transformer deeper than one layer ({_listed(deeper)}); CPRFL's "
+            f"{source} has a VSI transformer deeper than one layer ({listed(deeper)}); CPRFL's "
             "VSI is one layer (the official config's depth = 1)"
         )
     if "attention.layers.0.0.fn.to_out.3.weight" in sd:
@@ -307,7 +305,7 @@ def official_text_tower(
         raise ValueError(
             f"{source}: text_encoder does not match an OpenAI CLIP text transformer of width "
             f"{arch['text_cfg']['width']}, {arch['text_cfg']['layers']} layers (tensors: "
-            f"text_encoder.{_listed(problems)})"
+            f"text_encoder.{listed(problems)})"
         )
     tower.text.load_state_dict({k: v.float() for k, v in text_sd.items()}, strict=True)
     tower.set_class_names(list(class_names))
@@ -359,7 +357,7 @@ def convert_official_state_dict(
     mapped, linear_pi, unknown = _map_head(state_dict)
     if unknown:
         raise ValueError(
-            f"{source} has tensors the official CPRFL model does not: {_listed(unknown)}"
+            f"{source} has tensors the official CPRFL model does not: {listed(unknown)}"
         )
     sizes = _head_sizes(state_dict, linear_pi, source)
     inner = sizes.pop("inner_dim")
@@ -420,14 +418,6 @@ def convert_official_state_dict(
     return model.eval()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def convert_official_checkpoint(
     path: str | os.PathLike[str],
     class_names: str | Sequence[str],
@@ -472,7 +462,7 @@ def convert_official_checkpoint(
         drop_rate=drop_rate,
         trainable_text_encoder=trainable_text_encoder,
         source=str(path),
-        text_encoder_cfg={"weights": f"official-cprfl-checkpoint-sha256:{_sha256(path)}"},
+        text_encoder_cfg={"weights": f"official-cprfl-checkpoint-sha256:{file_sha256(path)}"},
     )
     _logger.info("converted %s (%d classes)", path, model.num_classes)
     return model

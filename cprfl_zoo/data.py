@@ -39,7 +39,7 @@ from torchvision import transforms as T
 from torchvision.transforms.functional import to_tensor
 
 from .class_lists import COCO_LT_CLASSES, VOC_LT_CLASSES
-from .fileio import atomic_write_bytes, cache_root
+from .fileio import atomic_write_bytes, cache_folder, file_sha256
 
 __all__ = [
     "LT_BENCHMARKS",
@@ -167,6 +167,9 @@ def _benchmark_file(benchmark: str, split: str) -> tuple[LTBenchmark, str]:
     return info, info.files[split]
 
 
+_SPLITS_SUBDIR = "lt_splits"
+
+
 def default_cache_dir() -> Path:
     """Return the folder that holds the cached benchmark list files.
 
@@ -178,15 +181,7 @@ def default_cache_dir() -> Path:
     Returns:
         The cache folder.
     """
-    return cache_root() / "lt_splits"
-
-
-def _resolve_cache_dir(cache_dir: PathLike | None) -> Path:
-    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    return cache_folder(_SPLITS_SUBDIR)
 
 
 def download_lt_split(
@@ -229,10 +224,10 @@ def download_lt_split(
             file by hand.
     """
     info, rel = _benchmark_file(benchmark, split)
-    dest = _resolve_cache_dir(cache_dir) / rel
+    dest = cache_folder(_SPLITS_SUBDIR, cache_dir) / rel
     expected = info.sha256[split] if verify else None
     if dest.is_file() and not force:
-        if expected is None or _sha256(dest.read_bytes()) == expected:
+        if expected is None or file_sha256(dest) == expected:
             return dest
         _logger.warning("cached %s does not match its SHA-256 digest; downloading again", dest)
     base = (base_url or LT_SPLITS_BASE_URL).rstrip("/")
@@ -250,7 +245,7 @@ def download_lt_split(
             f"official CPRFL repository (github.com/jiexuanyan/CPRFL, folder data/) to {dest}, "
             "or pass the folder holding it as split_root / root."
         ) from e
-    if expected is not None and (digest := _sha256(data)) != expected:
+    if expected is not None and (digest := hashlib.sha256(data).hexdigest()) != expected:
         raise ValueError(
             f"{url} has SHA-256 {digest}, expected {expected}; not caching it "
             "(pass verify=False to accept a modified list)"
@@ -292,7 +287,7 @@ def lt_split_path(
         if not path.is_file():
             raise FileNotFoundError(f"{info.name} {split} list not found: {path}")
         return path
-    cached = _resolve_cache_dir(cache_dir) / rel
+    cached = cache_folder(_SPLITS_SUBDIR, cache_dir) / rel
     if cached.is_file():
         return cached
     if download:

@@ -26,7 +26,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,6 +39,8 @@ from torch import nn
 
 from ._version import __version__
 from .classes import validate_class_inputs
+from .fileio import atomic_folder, file_sha256
+from .messages import listed
 
 if TYPE_CHECKING:
     from .model import CPRFL
@@ -84,7 +85,6 @@ _HEAD_SHAPE_KEYS = (
 )
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _DEFAULT_ARCHITECTURE = "cprfl"
-_MAX_LISTED = 10
 _CARD_TAGS = ("image-classification", "timm", "multi-label", "long-tail", "cprfl")
 _CARD_FIELDS = frozenset({"description", "dataset", "license", "tags", "notes", "model_name"})
 
@@ -114,13 +114,6 @@ def _describe_source(model: nn.Module) -> str:
     if cfg.get("file"):
         return str(cfg["file"])
     return "the checkpoint"
-
-
-def _listed(names: list[str]) -> str:
-    shown = ", ".join(names[:_MAX_LISTED])
-    if len(names) > _MAX_LISTED:
-        shown += f", ... and {len(names) - _MAX_LISTED} more"
-    return shown
 
 
 def check_state_dict(
@@ -169,15 +162,15 @@ def check_state_dict(
     ]
     problems = []
     if missing:
-        problems.append(f"missing tensors: {_listed(missing)}")
+        problems.append(f"missing tensors: {listed(missing)}")
     if unexpected:
-        problems.append(f"unexpected tensors: {_listed(unexpected)}")
+        problems.append(f"unexpected tensors: {listed(unexpected)}")
     if mismatched:
-        problems.append(f"shape mismatches: {_listed(mismatched)}")
+        problems.append(f"shape mismatches: {listed(mismatched)}")
     if wrong_dtype:
-        problems.append(f"dtype mismatches: {_listed(wrong_dtype)}")
+        problems.append(f"dtype mismatches: {listed(wrong_dtype)}")
     if non_finite:
-        problems.append(f"NaN or infinite values in: {_listed(non_finite)}")
+        problems.append(f"NaN or infinite values in: {listed(non_finite)}")
     if problems:
         where = source or _describe_source(model)
         raise CheckpointMismatchError(
@@ -410,14 +403,6 @@ def _saved_files(
     return None
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_saved_weights(
     model: CPRFL,
     *,
@@ -484,7 +469,7 @@ def verify_saved_weights(
         expected = None
     if expected is None:
         return
-    actual = _file_sha256(weights_path)
+    actual = file_sha256(weights_path)
     if actual != expected:
         raise CheckpointMismatchError(
             f"{weights_path} has SHA-256 {actual}, but {where} records {CHECKSUM_FIELD} "
@@ -834,18 +819,9 @@ def save_pretrained(
     target = Path(save_directory)
     if target.exists() and not target.is_dir():
         raise ValueError(f"save_directory {str(target)!r} exists and is not a folder")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    # config.json goes last: the folder must not look valid while its weights are being replaced
+    with atomic_folder(target, last=(CONFIG_NAME,)) as tmp:
         _write_folder(model, tmp, repo_id=repo_id, metrics=metrics, model_card=model_card)
-        target.mkdir(exist_ok=True)
-        config = target / CONFIG_NAME
-        if config.exists():
-            config.unlink()  # the folder must not look valid while its weights are being replaced
-        for name in (WEIGHTS_NAME, MODEL_CARD_NAME, CONFIG_NAME):
-            os.replace(tmp / name, target / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     _logger.info("saved %s to %s", type(model).__name__, target)
     return target
 

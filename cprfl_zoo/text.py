@@ -35,6 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .classes import validate_class_inputs
+from .fileio import file_sha256
 from .text_cache import (
     CACHE_ENV,
     cache_file_name,
@@ -165,11 +166,7 @@ def _file_sha256(path: Path) -> str:
     stat = path.stat()
     memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if memo not in _FILE_DIGESTS:
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                digest.update(block)
-        _FILE_DIGESTS[memo] = digest.hexdigest()
+        _FILE_DIGESTS[memo] = file_sha256(path)
     return _FILE_DIGESTS[memo]
 
 

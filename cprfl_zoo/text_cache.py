@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from safetensors.torch import load, save
 
-from .fileio import CACHE_ENV, atomic_write_bytes, cache_root
+from .fileio import CACHE_ENV, atomic_write_bytes, cache_folder, cache_root
 
 __all__ = [
     "CACHE_ENV",
@@ -72,7 +72,7 @@ def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     Returns:
         The folder (it may not exist yet).
     """
-    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return cache_folder(_SUBDIR, cache_dir)
 
 
 def _canonical_json(obj: Any) -> str:

@@ -35,43 +35,25 @@ class CommandError(Exception):
 
 # ---------------------------------------------------------------------- embed
 def read_class_names(source: str) -> list[str]:
-    """Read class names from a file (one per line) or a built-in list name.
+    """Read ``--classes``: :func:`cprfl_zoo.data.read_class_names`, with the user's errors.
 
     Args:
-        source: A text file with one class name per line (blank lines are skipped, surrounding
-            spaces removed), or ``"coco-lt"`` / ``"voc-lt"``.
+        source: A class file (one name per line, or ``name id`` lines) or ``"coco-lt"`` /
+            ``"voc-lt"``.
 
     Returns:
         The class names, in order.
 
     Raises:
         CommandError: If the file does not exist and ``source`` is no built-in list, is a
-            folder, is not UTF-8 (file and line named), or holds no names.
+            folder, is not UTF-8 (file and line named), or holds no names or a duplicate.
     """
-    from .class_lists import get_class_names
-    from .data import read_text_lines
+    from .data import read_class_names as read
 
-    path = Path(source)
-    if path.is_dir():
-        raise CommandError(
-            f"--classes {source} is a folder; expected a text file with one class name per line"
-        )
-    if not path.is_file():
-        try:
-            return get_class_names(source)
-        except ValueError:
-            raise CommandError(
-                f"--classes {source}: no such file, and not a built-in list (coco-lt, voc-lt)"
-            ) from None
     try:
-        lines = read_text_lines(path, "classes file")
+        return read(source)
     except (OSError, ValueError) as e:
         raise CommandError(f"--classes {e}") from None
-    names = [line.strip() for line in lines]
-    names = [n for n in names if n]
-    if not names:
-        raise CommandError(f"--classes {source}: the file holds no class names")
-    return names
 
 
 def _add_embed(subparsers: argparse._SubParsersAction) -> None:

@@ -54,6 +54,7 @@ __all__ = [
     "download_lt_split",
     "get_lt_benchmark",
     "lt_split_path",
+    "read_class_names",
     "read_image_list",
     "read_label_file",
     "read_text_lines",
@@ -498,6 +499,53 @@ def read_label_file(path: PathLike) -> list[str]:
         missing = sorted(set(range(max(names, default=-1) + 1)) - set(names))
         raise ValueError(f"{source}: class ids must be 0..C-1; missing {missing[:10]}")
     return [names[i] for i in range(len(names))]
+
+
+def read_class_names(source: PathLike) -> list[str]:
+    """Read class names from a file, or return a built-in list.
+
+    The file holds one class name per line (surrounding spaces removed, blank lines skipped), or
+    ``name id`` lines (a benchmark's label file, read with :func:`read_label_file`) when every line
+    ends in an integer after a name. The names are checked as ``create_cprfl`` checks them.
+
+    Args:
+        source: A UTF-8 text file (a BOM is dropped), or ``"coco-lt"`` / ``"voc-lt"`` when no
+            file of that name exists.
+
+    Returns:
+        The class names, in logit order.
+
+    Raises:
+        FileNotFoundError: If ``source`` is neither an existing file nor a built-in list name.
+        IsADirectoryError: If ``source`` is a folder.
+        ValueError: If the file is not UTF-8 (file and line named), holds no names, holds a
+            duplicate name, or is a malformed label file; the message names the file.
+    """
+    from .class_lists import get_class_names
+    from .classes import validate_class_inputs
+
+    path = Path(source)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"{source} is a folder; expected a text file with one class name per line"
+        )
+    if not path.is_file():
+        try:
+            return get_class_names(str(source))
+        except ValueError:
+            raise FileNotFoundError(
+                f"{source}: no such file, and not a built-in list (coco-lt, voc-lt)"
+            ) from None
+    names = [line.strip() for line in read_text_lines(path, "classes file")]
+    names = [name for name in names if name]
+    if not names:
+        raise ValueError(f"{source}: the file holds no class names")
+    if all(len(n.split()) > 1 and n.split()[-1].isdigit() for n in names):
+        return read_label_file(path)
+    try:
+        return validate_class_inputs(names)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
 
 
 class MultiLabelImageList(Dataset):

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 import cprfl_zoo
+from cprfl_zoo.cli_args import positive_int
 from cprfl_zoo.losses import AsymmetricLoss
 from cprfl_zoo.metrics import long_tail_map, long_tail_split
 from cprfl_zoo.synthetic import make_digit_composites
@@ -71,16 +72,6 @@ what the benchmark found (benchmarks/lt_emoji.py, 3 seeds; docs/src/benchmark_ac
   What the names do give: classes never trained on are scored from their names alone at
   about twice chance (6.1 AP against 3.5), which a linear head cannot do at all."""
 RANDOM_EMBED_DIM = 1024  # the width of CLIP RN50's text embeddings
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -48,13 +48,19 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 import cprfl_zoo
-from cprfl_zoo.classes import validate_class_inputs
+from cprfl_zoo.cli_args import (
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from cprfl_zoo.data import (
     MultiLabelImageList,
     create_lt_dataset,
     create_transforms,
     get_lt_benchmark,
-    read_label_file,
+    read_class_names,
 )
 from cprfl_zoo.fileio import atomic_path, atomic_write_text
 from cprfl_zoo.losses import AsymmetricLoss
@@ -87,55 +93,6 @@ RESUME_FIXED_ARGS = (
 
 
 # ---------------------------------------------------------------------- arguments
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = _float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = _float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
-def fraction(text: str) -> float:
-    value = _float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -399,17 +356,6 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             parser.error(f"argument --device: {e}")
 
 
-def read_class_names(path: Path) -> list[str]:
-    """Class names from a file: one per line, or ``name id`` lines (a benchmark label file)."""
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    lines = [line for line in lines if line]
-    if not lines:
-        raise ValueError(f"{path}: no class names")
-    if all(len(line.split()) > 1 and line.split()[-1].isdigit() for line in lines):
-        return read_label_file(path)
-    return validate_class_inputs(lines)
-
-
 # ---------------------------------------------------------------------- distributed helpers
 @dataclass(frozen=True)
 class Context:
@@ -543,7 +489,7 @@ def class_names_for(args: argparse.Namespace) -> list[str]:
     try:
         return read_class_names(args.classes)
     except (OSError, ValueError) as e:
-        raise SystemExit(f"error: argument --classes: {args.classes}: {e}") from None
+        raise SystemExit(f"error: argument --classes: {e}") from None
 
 
 def prepare_synthetic(ctx: Context, args: argparse.Namespace) -> Path:

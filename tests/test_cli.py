@@ -166,6 +166,18 @@ def test_read_class_names(tmp_path: Path) -> None:
     assert read_class_names("voc-lt") == list(VOC_LT_CLASSES)
 
 
+def test_read_class_names_is_the_data_reader(tmp_path: Path) -> None:
+    # the CLI reads --classes as examples/train.py does: label files, duplicates refused
+    path = tmp_path / "c.txt"
+    path.write_text("dog 1\ncat 0\n", encoding="utf-8")
+    assert read_class_names(str(path)) == ["cat", "dog"]
+    path.write_text("cat\ncat\n", encoding="utf-8")
+    with pytest.raises(CommandError, match=r"--classes .*c\.txt: duplicate class name 'cat'"):
+        read_class_names(str(path))
+    with pytest.raises(CommandError, match=r"--classes nope: no such file, and not a built-in"):
+        read_class_names("nope")
+
+
 def test_read_class_names_bad_files(tmp_path: Path) -> None:
     # a folder used to be "no such file"; other encodings a bare UnicodeDecodeError
     with pytest.raises(CommandError, match=r"--classes .* is a folder; expected a text file"):

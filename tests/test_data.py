@@ -484,3 +484,30 @@ def test_a_folder_where_a_list_is_expected(tmp_path):
         read_image_list(tmp_path, num_classes=2)
     with pytest.raises(IsADirectoryError, match=r"label file .* is a folder"):
         read_label_file(tmp_path)
+
+
+def test_read_class_names_one_behaviour_for_cli_and_train(tmp_path: Path) -> None:
+    # one reader for `cprfl-zoo --classes` and examples/train.py --classes (they used to differ:
+    # the CLI took no label files and kept duplicates, train.py named no line of a non-UTF-8 file)
+    from cprfl_zoo.class_lists import COCO_LT_CLASSES
+    from cprfl_zoo.data import read_class_names
+
+    path = tmp_path / "classes.txt"
+    path.write_text(" traffic light \n\ncat\r\n", encoding="utf-8")
+    assert read_class_names(path) == ["traffic light", "cat"]
+    path.write_text("cat 1\ntraffic light 0\n", encoding="utf-8")  # a label file
+    assert read_class_names(str(path)) == ["traffic light", "cat"]
+    assert read_class_names("coco-lt") == list(COCO_LT_CLASSES)
+    path.write_text("cat\ndog\ncat\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"classes\.txt: duplicate class name 'cat'"):
+        read_class_names(path)
+    path.write_text("\n \n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"classes\.txt: the file holds no class names"):
+        read_class_names(path)
+    path.write_bytes(b"cat\nd\xf6g\n")
+    with pytest.raises(ValueError, match=r"classes\.txt:2: not UTF-8 text"):
+        read_class_names(path)
+    with pytest.raises(IsADirectoryError, match="is a folder; expected a text file"):
+        read_class_names(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"no such file, and not a built-in list"):
+        read_class_names(tmp_path / "nope.txt")

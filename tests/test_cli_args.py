@@ -12,8 +12,8 @@ from cprfl_zoo import cli_args
     [
         (cli_args.positive_int, {"1": 1, "12": 12}, ["0", "-3", "1.5", "x"], "a positive integer"),
         (cli_args.non_negative_int, {"0": 0, "4": 4}, ["-1", "x"], "an integer >= 0"),
-        (cli_args.positive_float, {"0.5": 0.5, "3": 3.0}, ["0", "-1", "x"], "a number"),
-        (cli_args.non_negative_float, {"0": 0.0}, ["-0.1", "x"], "a number"),
+        (cli_args.positive_float, {"0.5": 0.5, "3": 3.0}, ["0", "-1", "x"], "a number > 0"),
+        (cli_args.non_negative_float, {"0": 0.0}, ["-0.1", "x"], "a number >= 0"),
         (cli_args.fraction, {"0": 0.0, "0.25": 0.25}, ["1", "-0.1"], r"a number in \[0, 1\)"),
         (cli_args.probability, {"0": 0.0, "1": 1.0}, ["1.01", "-1", "x"], r"a number in \[0, 1\]"),
     ],

@@ -82,7 +82,7 @@ def _run_case(
     def step() -> None:
         with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
             if impl == "cprfl":
-                logits = model.forward_head(model.visual_proj(tokens))
+                logits = model.forward_head(tokens)
             else:
                 logits = _naive_logits(model, tokens, fused=impl == "naive-sdpa")
         logits.float().sum().backward()

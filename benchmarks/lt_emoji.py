@@ -251,7 +251,7 @@ class TokenHead(nn.Module):
         self.model = model
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.model.visual_proj(tokens))
+        return self.model.forward_head(tokens)
 
 
 class OnImages(nn.Module):

@@ -160,7 +160,7 @@ def to_input(canvases: np.ndarray, mean: float = 0.5, std: float = 0.5) -> torch
 
 @torch.inference_mode()
 def extract_tokens(backbone: nn.Module, canvases: np.ndarray, batch_size: int = 64) -> torch.Tensor:
-    """Local backbone tokens (N, v, d0) of all canvases, as CPRFL's forward_features sees them."""
+    """Local backbone tokens (N, v, d0) of all canvases, as CPRFL.forward_features returns them."""
     from cprfl_zoo.backbone import backbone_tokens
 
     backbone.eval()
@@ -191,7 +191,7 @@ class CPRFLOnTokens(nn.Module):
         self.model = model
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.model.visual_proj(tokens))
+        return self.model.forward_head(tokens)
 
 
 class OnImages(nn.Module):

@@ -20,7 +20,7 @@ from torch import nn
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["backbone_tokens", "check_images", "create_backbone", "feature_layout"]
+__all__ = ["backbone_tokens", "check_images", "check_tokens", "create_backbone", "feature_layout"]
 
 
 def create_backbone(
@@ -192,3 +192,23 @@ def check_images(x: torch.Tensor, in_chans: int, weight_dtype: torch.dtype) -> N
         )
     if x.shape[2] == 0 or x.shape[3] == 0:
         raise ValueError(f"images have an empty spatial size: shape {tuple(x.shape)}")
+
+
+def check_tokens(x: torch.Tensor, width: int) -> None:
+    """Check backbone tokens given to a head by type and shape only (no tensor value is read).
+
+    Args:
+        x: The tokens given to ``forward_head``.
+        width: The backbone's ``num_features``.
+
+    Raises:
+        TypeError: For a non-tensor.
+        ValueError: For a shape other than (B, v, width).
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"forward_head takes a tensor of backbone tokens, got {type(x).__name__}")
+    if x.ndim != 3 or x.shape[-1] != width:
+        raise ValueError(
+            f"forward_head takes backbone tokens of shape (B, v, {width}) (forward_features "
+            f"output; {width} = the backbone's num_features), got {tuple(x.shape)}"
+        )

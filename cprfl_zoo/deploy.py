@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import backbone_tokens, check_images
+from .backbone import backbone_tokens, check_images, check_tokens
 
 if TYPE_CHECKING:
     from .model import CPRFL
@@ -164,27 +164,31 @@ class DeployedCPRFL(nn.Module):
         check_images(x, self.in_chans, self.visual_proj.weight.dtype)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Compute the projected local visual tokens F.
+        """Compute the backbone's local tokens, as :meth:`CPRFL.forward_features` does.
 
         Args:
             x: Images (B, in_chans, H, W).
 
         Returns:
-            Tokens F (B, v, d).
+            Backbone tokens (B, v, d0), d0 = the backbone's ``num_features``.
         """
         self._check_input(x)
-        feats = self.backbone.forward_features(x)
-        return self.visual_proj(backbone_tokens(self.backbone, feats))
+        return backbone_tokens(self.backbone, self.backbone.forward_features(x))
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        """Score every class from the tokens, with the stored prompt side.
+        """Project the backbone tokens (φ) and score every class with the stored prompt side.
 
         Args:
-            x: Tokens F (B, v, d) from :meth:`forward_features`.
+            x: Backbone tokens (B, v, d0) from :meth:`forward_features`.
 
         Returns:
             Logits (B, C).
+
+        Raises:
+            ValueError: If ``x`` is not (B, v, d0).
         """
+        check_tokens(x, self.visual_proj.in_features)
+        x = self.visual_proj(x)
         batch, num_tokens = x.shape[0], x.shape[1]
         kv = self.token_kv(self.norm1(x))  # (B, v, 2·inner)
         kv = kv.reshape(batch, num_tokens, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)

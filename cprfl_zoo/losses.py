@@ -6,6 +6,10 @@ and values, plus float32 computation under mixed precision, partial labels, per-
 input checks and a hand-written backward that keeps only the inputs for the backward pass.
 :class:`ASLSingleLabel` is the reference's softmax variant with label smoothing.
 
+Shape, dtype and device checks run on every call and cost nothing on the device. Value checks
+(finite logits, targets in range) read the tensors, so they wait for the device once per call;
+they are opt-in (``validate=True``) for debugging a training loop or checking a data set.
+
 This module imports only PyTorch, so it can be used without building a CPRFL model.
 """
 
@@ -154,10 +158,15 @@ class _AsymmetricLossFn(torch.autograd.Function):
         gamma_neg: float,
         clip: float,
         detach_weight: bool,
+        marked: bool,
     ) -> torch.Tensor:
         # x and y are float32/float64 already and every op here is elementwise or a sum, which
         # autocast leaves in the input precision, so no autocast handling is needed.
+        # With ``marked``, y may hold UNKNOWN_TARGET; the known mask is recomputed in backward
+        # instead of being saved.
         terms = _loss_terms(x, y, gamma_pos, gamma_neg, clip)
+        if marked:  # the terms at y = -1 are finite but meaningless: zero them
+            terms.masked_fill_(y < 0, 0.0)
         if coef is not None:
             terms.mul_(coef)
         # The output must come from an out-of-place op: under torch.compile, PyTorch 2.11
@@ -171,6 +180,7 @@ class _AsymmetricLossFn(torch.autograd.Function):
             ctx.save_for_backward(x, y, coef)
             ctx.scale = scale
         ctx.hyper = (gamma_pos, gamma_neg, clip, detach_weight)
+        ctx.marked = marked
         return out
 
     @staticmethod
@@ -181,13 +191,15 @@ class _AsymmetricLossFn(torch.autograd.Function):
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = _loss_terms_grad(x, y, *ctx.hyper)
+            if ctx.marked:
+                grad_x.masked_fill_(y < 0, 0.0)
             if scale is None:
                 grad_x.mul_(grad_out).neg_()
             else:
                 grad_x.mul_(grad_out * -scale)
             if coef is not None:
                 grad_x.mul_(coef)
-        return grad_x, None, None, None, None, None, None, None
+        return grad_x, None, None, None, None, None, None, None, None
 
 
 def _check_class_weight(weight: torch.Tensor) -> None:
@@ -300,7 +312,7 @@ def asymmetric_loss(
     reduction: Reduction = "sum",
     mask: torch.Tensor | None = None,
     class_weight: torch.Tensor | None = None,
-    validate: bool = True,
+    validate: bool = False,
 ) -> torch.Tensor:
     """Asymmetric loss of multi-label logits; see :class:`AsymmetricLoss` for the definition.
 
@@ -316,8 +328,9 @@ def asymmetric_loss(
             ``"none"``.
         mask: Optional bool tensor broadcastable to ``logits``; False marks a label unknown.
         class_weight: Optional non-negative weights of shape (C,).
-        validate: Check values (finite logits, target range). Costs one host sync; skipped
-            while compiling with ``torch.compile``.
+        validate: Also check values (finite logits, targets in [0, 1] or -1). Off by default:
+            it costs one host sync per call; skipped while compiling with ``torch.compile``.
+            Without it, out-of-range targets give a wrong loss rather than an error.
 
     Returns:
         The loss: a scalar, or a tensor shaped like ``logits`` for ``reduction="none"``, in
@@ -325,8 +338,8 @@ def asymmetric_loss(
 
     Raises:
         TypeError: If an input has the wrong type or dtype.
-        ValueError: If shapes disagree, targets are outside [0, 1] (other than -1), logits are
-            not finite, or a hyperparameter is out of range.
+        ValueError: If shapes disagree or a hyperparameter is out of range; with ``validate``,
+            also if targets are outside [0, 1] (other than -1) or logits are not finite.
     """
     clip = 0.0 if clip is None else float(clip)
     _check_hyperparameters(float(gamma_pos), float(gamma_neg), clip, 0.0)
@@ -370,18 +383,17 @@ def _asymmetric_loss(
 
     dtype = _compute_dtype(logits.dtype)
     x = logits.to(dtype)
-    known: torch.Tensor | None = None
-    if has_unknown is False:
-        y = targets.to(dtype)
-    else:
-        known = targets >= 0
-        y = targets.clamp(min=0).to(dtype)
+    # Unless the values were read, targets may hold UNKNOWN_TARGET: the loss function masks them
+    # itself (no tensor saved for it), and "mean" counts the known labels on the device.
+    marked = has_unknown is not False
+    y = targets.to(dtype)
+    known: torch.Tensor | None = (targets >= 0) if marked and reduction == "mean" else None
     if mask is not None:
         known = mask if known is None else known & mask
 
     coef: torch.Tensor | None = None
-    if known is not None:
-        coef = known.to(dtype)
+    if mask is not None:
+        coef = mask.to(dtype)
     if class_weight is not None:
         weight = class_weight.to(device=x.device, dtype=dtype)
         coef = weight if coef is None else coef * weight
@@ -397,7 +409,7 @@ def _asymmetric_loss(
         else:
             scale = known.expand(x.shape).sum().to(dtype).clamp_(min=1.0).reciprocal_()
     return _AsymmetricLossFn.apply(
-        x, y, coef, scale, gamma_pos, gamma_neg, clip, detach_focal_weight
+        x, y, coef, scale, gamma_pos, gamma_neg, clip, detach_focal_weight, marked
     )
 
 
@@ -442,8 +454,10 @@ class AsymmetricLoss(nn.Module):
             or ``"none"`` (per-label loss, 0 for unknown labels).
         class_weight: Optional non-negative per-class weights (C,), multiplying each label's
             loss; they do not change the ``"mean"`` denominator.
-        validate: Check every call's values (finite logits, targets in [0, 1] or -1). Costs one
-            host sync; skipped while compiling with ``torch.compile``. Shape checks always run.
+        validate: Also check every call's values (finite logits, targets in [0, 1] or -1).
+            Off by default, because it costs one host sync per call; turn it on to debug a
+            training loop. Skipped while compiling with ``torch.compile``. Shape, dtype and
+            device checks always run (they read no tensor value).
 
     Raises:
         ValueError: If a hyperparameter is out of range or ``reduction`` is unknown.
@@ -462,7 +476,7 @@ class AsymmetricLoss(nn.Module):
         disable_torch_grad_focal_loss: bool = True,
         reduction: Reduction = "sum",
         class_weight: torch.Tensor | Sequence[float] | None = None,
-        validate: bool = True,
+        validate: bool = False,
     ) -> None:
         super().__init__()
         clip_value = 0.0 if clip is None else float(clip)
@@ -475,7 +489,7 @@ class AsymmetricLoss(nn.Module):
         self.eps = float(eps)
         self.disable_torch_grad_focal_loss = bool(disable_torch_grad_focal_loss)
         self.reduction = reduction
-        self.validate = validate
+        self.validate = bool(validate)
         weight = None
         if class_weight is not None:
             weight = torch.as_tensor(class_weight, dtype=torch.float32).detach().clone()
@@ -500,7 +514,8 @@ class AsymmetricLoss(nn.Module):
 
         Raises:
             TypeError: If an input has the wrong type or dtype.
-            ValueError: If shapes disagree, targets are out of range or logits are not finite.
+            ValueError: If shapes disagree; with ``validate``, also if targets are out of range
+                or logits are not finite.
         """
         return _asymmetric_loss(
             logits,
@@ -520,7 +535,7 @@ class AsymmetricLoss(nn.Module):
         return (
             f"gamma_neg={self.gamma_neg:g}, gamma_pos={self.gamma_pos:g}, clip={self.clip:g}, "
             f"disable_torch_grad_focal_loss={self.disable_torch_grad_focal_loss}, "
-            f"reduction={self.reduction!r}"
+            f"reduction={self.reduction!r}" + (", validate=True" if self.validate else "")
         )
 
 
@@ -544,6 +559,9 @@ class ASLSingleLabel(nn.Module):
         gamma_neg: Focusing parameter γ− of the other classes (≥ 0).
         eps: Label-smoothing amount ε in [0, 1].
         reduction: ``"mean"`` over the batch (default), ``"sum"`` or ``"none"``.
+        validate: Also check every call's values (finite logits, class indices in [0, C)).
+            Off by default, because it costs one host sync per call. Shape and dtype checks
+            always run.
 
     Raises:
         ValueError: If a hyperparameter is out of range or ``reduction`` is unknown.
@@ -555,6 +573,7 @@ class ASLSingleLabel(nn.Module):
         gamma_neg: float = 4,
         eps: float = 0.1,
         reduction: Literal["none", "mean", "sum"] = "mean",
+        validate: bool = False,
     ) -> None:
         super().__init__()
         _check_hyperparameters(float(gamma_pos), float(gamma_neg), 0.0, 0.0)
@@ -565,6 +584,7 @@ class ASLSingleLabel(nn.Module):
         self.gamma_neg = float(gamma_neg)
         self.eps = float(eps)
         self.reduction = reduction
+        self.validate = bool(validate)
 
     def forward(
         self,
@@ -585,12 +605,12 @@ class ASLSingleLabel(nn.Module):
 
         Raises:
             TypeError: If an input has the wrong dtype.
-            ValueError: If shapes disagree, a class index is out of range or logits are not
-                finite.
+            ValueError: If shapes disagree; with ``validate``, also if a class index is out of
+                range or logits are not finite.
         """
         reduction = self.reduction if reduction is None else reduction
         _check_single_label_reduction(reduction)
-        _check_single_label_inputs(logits, target)
+        _check_single_label_inputs(logits, target, self.validate)
         with torch.autocast(device_type=logits.device.type, enabled=False):
             x = logits.to(_compute_dtype(logits.dtype))
             num_classes = x.shape[-1]
@@ -618,7 +638,7 @@ class ASLSingleLabel(nn.Module):
         """Summarise the hyperparameters."""
         return (
             f"gamma_pos={self.gamma_pos:g}, gamma_neg={self.gamma_neg:g}, eps={self.eps:g}, "
-            f"reduction={self.reduction!r}"
+            f"reduction={self.reduction!r}" + (", validate=True" if self.validate else "")
         )
 
 
@@ -627,7 +647,7 @@ def _check_single_label_reduction(reduction: str) -> None:
         raise ValueError(f"reduction must be one of {_SINGLE_LABEL_REDUCTIONS}, got {reduction!r}")
 
 
-def _check_single_label_inputs(logits: torch.Tensor, target: torch.Tensor) -> None:
+def _check_single_label_inputs(logits: torch.Tensor, target: torch.Tensor, validate: bool) -> None:
     if not logits.is_floating_point():
         raise TypeError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
     if logits.ndim != 2:
@@ -648,7 +668,7 @@ def _check_single_label_inputs(logits: torch.Tensor, target: torch.Tensor) -> No
             f"target shape {tuple(target.shape)} does not match batch size {logits.shape[0]} "
             f"(expected shape ({logits.shape[0]},))"
         )
-    if _is_compiling() or target.numel() == 0:
+    if not validate or _is_compiling() or target.numel() == 0:
         return
     stats = torch.stack(
         [logits.detach().sum(dtype=torch.float64), target.min().double(), target.max().double()]

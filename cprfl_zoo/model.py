@@ -25,7 +25,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._manipulate import checkpoint
 from torch import nn
 
-from .backbone import backbone_tokens, check_images, create_backbone
+from .backbone import backbone_tokens, check_images, check_tokens, create_backbone
 from .classes import validate_class_inputs
 from .prompt_init import PromptInit
 from .thresholds import DEFAULT_THRESHOLD, validate_thresholds
@@ -247,7 +247,8 @@ class CPRFL(nn.Module):
 
         self.class_names = names
         self.num_classes = len(names)
-        self.num_features = dim
+        self.num_features = self.backbone.num_features
+        self.head_hidden_size = dim
         self.embed_dim = embed_dim
         self.in_chans = in_chans
         self.detach_classifier_prompts = detach_classifier_prompts
@@ -529,28 +530,36 @@ class CPRFL(nn.Module):
         check_images(x, self.in_chans, self.visual_proj.weight.dtype)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Compute the projected local visual tokens F.
+        """Compute the backbone's local tokens, as timm's ``forward_features`` does.
+
+        Prefix (class / register) tokens are dropped and feature maps are flattened; the head
+        (φ, PI, VSI, classifier) runs in :meth:`forward_head`.
 
         Args:
             x: Images (B, in_chans, H, W).
 
         Returns:
-            Tokens F (B, v, d).
+            Backbone tokens (B, v, d0), d0 = ``num_features`` (the backbone's width).
         """
         self._check_input(x)
-        feats = self.backbone.forward_features(x)
-        return self.visual_proj(backbone_tokens(self.backbone, feats))
+        return backbone_tokens(self.backbone, self.backbone.forward_features(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Refine the prompts with the tokens and score every class.
+        """Project the backbone tokens (φ), refine the prompts with them (VSI), score every class.
 
         Args:
-            x: Tokens F (B, v, d) from :meth:`forward_features`.
+            x: Backbone tokens (B, v, d0) from :meth:`forward_features` (or precomputed with
+                :func:`~cprfl_zoo.backbone.backbone_tokens`).
             pre_logits: Return the category-specific features P' (B, C, d) instead of logits.
 
         Returns:
             Logits (B, C), or P' (B, C, d) when ``pre_logits``.
+
+        Raises:
+            ValueError: If ``x`` is not (B, v, num_features).
         """
+        check_tokens(x, self.visual_proj.in_features)
+        x = self.visual_proj(x)
         prompts = self.get_prompts()
         if self.grad_checkpointing and torch.is_grad_enabled():
             refined = checkpoint(self.vsi, x, prompts)

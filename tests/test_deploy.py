@@ -108,6 +108,21 @@ def test_cosine_classifier(tiny_head):
     assert_rel_close(deployed(x), reference_logits(model, x))
 
 
+def test_head_boundary_is_the_models(tiny_head):
+    """forward_features gives the backbone tokens; forward_head takes them, like CPRFL's."""
+    model = make("test_resnet", 6, tiny_head).eval()
+    deployed = model.deploy()
+    x = images("test_resnet")
+    with torch.no_grad():
+        tokens = model.forward_features(x)
+        torch.testing.assert_close(deployed.forward_features(x), tokens)
+        assert tokens.shape[-1] == model.backbone.num_features
+        assert_rel_close(deployed.forward_head(tokens), model.forward_head(tokens))
+        assert_rel_close(deployed.forward_head(tokens), deployed(x))
+    with pytest.raises(ValueError, match=r"backbone tokens of shape \(B, v, "):
+        deployed.forward_head(torch.randn(3, 4, tiny_head["dim"]))
+
+
 def test_detach_flags_do_not_change_eval_logits(tiny_head):
     x = images("test_resnet")
     plain = make("test_resnet", 9, tiny_head).deploy()(x)

@@ -27,10 +27,8 @@ class TinyBackbone(nn.Module):
 
 
 def _tokens_reference(model: CPRFL, x: torch.Tensor) -> torch.Tensor:
-    """φ on the backbone's (B, C, H, W) map read as (B, H*W, C) tokens, from the equations."""
-    feats = model.backbone.forward_features(x)
-    tokens = feats.flatten(2).transpose(1, 2)
-    return tokens @ model.visual_proj.weight.T + model.visual_proj.bias
+    """The backbone's (B, C, H, W) map read as (B, H*W, C) tokens, from the equations."""
+    return model.backbone.forward_features(x).flatten(2).transpose(1, 2)
 
 
 def test_timm_module_backbone(tiny_head: dict) -> None:

@@ -112,7 +112,7 @@ def test_saved_folder_layout_and_config(model: CPRFL, saved: Path) -> None:
     cfg = json.loads((saved / "config.json").read_text())
     assert cfg["architecture"] == "cprfl"
     assert cfg["num_classes"] == len(NAMES)
-    assert cfg["num_features"] == 32
+    assert cfg["num_features"] == model.backbone.num_features  # timm: forward_features width
     assert cfg["label_names"] == NAMES
     args = cfg["model_args"]
     assert args["backbone"] == "test_resnet"

@@ -10,6 +10,7 @@ import textwrap
 import pytest
 import torch
 
+import cprfl_zoo.losses
 from cprfl_zoo.losses import UNKNOWN_TARGET, ASLSingleLabel, AsymmetricLoss, asymmetric_loss
 
 REDUCTIONS = ("sum", "mean", "batchmean", "none")
@@ -93,13 +94,16 @@ def test_values_and_gradients_match_formula(setting, detach, reduction):
         disable_torch_grad_focal_loss=detach,
         reduction=reduction,
     )
-    got, got_grad = value_and_grad(loss_fn, x, y)
     want, want_grad = value_and_grad(
         lambda a, b: formula_loss(a, b, gamma_pos, gamma_neg, clip, detach, reduction), x, y
     )
-    assert got.dtype == torch.float64
-    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(got_grad, want_grad, rtol=1e-6, atol=1e-6)
+    # validate=True reads that no label is unknown and skips the marker mask; both paths agree.
+    for validate in (False, True):
+        loss_fn.validate = validate
+        got, got_grad = value_and_grad(loss_fn, x, y)
+        assert got.dtype == torch.float64
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(got_grad, want_grad, rtol=1e-6, atol=1e-6)
 
 
 def test_detached_and_full_gradients_differ():
@@ -358,8 +362,9 @@ def test_bad_hyperparameters(kwargs, match):
         AsymmetricLoss(**kwargs)
 
 
-def test_bad_inputs():
-    loss_fn = AsymmetricLoss()
+@pytest.mark.parametrize("validate", [False, True])
+def test_bad_shapes_and_dtypes_always_raise(validate):
+    loss_fn = AsymmetricLoss(validate=validate)
     x = torch.randn(3, 4)
     y = torch.zeros(3, 4)
     with pytest.raises(ValueError, match=r"targets shape \(3, 5\) does not match logits shape"):
@@ -370,6 +375,18 @@ def test_bad_inputs():
         loss_fn(x.long(), y)
     with pytest.raises(TypeError, match="logits and targets must be tensors"):
         loss_fn(x, y.tolist())
+    with pytest.raises(TypeError, match="mask must be a bool tensor"):
+        loss_fn(x, y, mask=torch.ones(3, 4))
+    with pytest.raises(ValueError, match=r"mask shape \(2, 4\) does not broadcast"):
+        loss_fn(x, y, mask=torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="class_weight has shape"):
+        AsymmetricLoss(class_weight=[1.0, 2.0], validate=validate)(x, y)
+
+
+def test_bad_values_raise_with_validate():
+    loss_fn = AsymmetricLoss(validate=True)
+    x = torch.randn(3, 4)
+    y = torch.zeros(3, 4)
     bad = y.clone()
     bad[2, 3] = 1.5
     with pytest.raises(ValueError, match=r"got values in \[0, 1.5\]"):
@@ -388,26 +405,38 @@ def test_bad_inputs():
         x_bad[0, 0] = value
         with pytest.raises(ValueError, match=r"logits contain 1 non-finite value\(s\)"):
             loss_fn(x_bad, y)
-    with pytest.raises(TypeError, match="mask must be a bool tensor"):
-        loss_fn(x, y, mask=torch.ones(3, 4))
-    with pytest.raises(ValueError, match=r"mask shape \(2, 4\) does not broadcast"):
-        loss_fn(x, y, mask=torch.ones(2, 4, dtype=torch.bool))
-    with pytest.raises(ValueError, match="class_weight has shape"):
-        AsymmetricLoss(class_weight=[1.0, 2.0])(x, y)
+    with pytest.raises(ValueError, match=r"got values in \[2, 2\]"):
+        asymmetric_loss(x, torch.full((3, 4), 2.0), validate=True)
 
 
 def test_large_finite_logits_are_not_reported_as_non_finite():
     # Their sum overflows float32; the fallback check must still accept them.
     x = torch.full((2, 4), 3.0e38)
-    assert torch.isfinite(AsymmetricLoss()(x, torch.zeros(2, 4)))
+    assert torch.isfinite(AsymmetricLoss(validate=True)(x, torch.zeros(2, 4)))
 
 
-def test_validate_false_skips_value_checks_only():
-    loss_fn = AsymmetricLoss(validate=False)
-    x = torch.randn(3, 4)
-    assert torch.isfinite(loss_fn(x, torch.full((3, 4), 1.0)))
-    with pytest.raises(ValueError, match="does not match logits shape"):
-        loss_fn(x, torch.zeros(4, 3))
+def test_value_checks_are_opt_in(monkeypatch):
+    """By default no value is read (no host sync per step); the loss is the same either way."""
+    x = torch.randn(3, 4, requires_grad=True)
+    y = torch.tensor([[1, 0, -1, 0], [0, 1, 0, 0], [-1, -1, 1, 0]])
+    checked = AsymmetricLoss(reduction="mean", validate=True)(x, y)
+    (g_checked,) = torch.autograd.grad(checked, x)
+    assert AsymmetricLoss().validate is False and ASLSingleLabel().validate is False
+    assert "validate" not in repr(AsymmetricLoss())
+    assert "validate=True" in repr(AsymmetricLoss(validate=True))
+
+    def read_values(*args, **kwargs):
+        raise AssertionError("a value check ran with validate=False")
+
+    monkeypatch.setattr(cprfl_zoo.losses, "_check_multilabel_values", read_values)
+    loss = AsymmetricLoss(reduction="mean")(x, y)
+    torch.testing.assert_close(loss, checked)
+    torch.testing.assert_close(torch.autograd.grad(loss, x)[0], g_checked)
+    torch.testing.assert_close(asymmetric_loss(x, y, reduction="mean"), checked)
+    # Out-of-range targets are not caught without validate: a silent wrong value, no error.
+    assert torch.isfinite(AsymmetricLoss()(x.detach(), torch.full((3, 4), 1.5)))
+    with pytest.raises(AssertionError, match="a value check ran"):
+        AsymmetricLoss(validate=True)(x, y)
 
 
 # --- single label ---------------------------------------------------------------------------
@@ -467,7 +496,7 @@ def test_single_label_half_precision_extreme_logits():
 
 
 def test_single_label_bad_inputs():
-    loss_fn = ASLSingleLabel()
+    loss_fn = ASLSingleLabel(validate=True)
     x = torch.randn(3, 4)
     with pytest.raises(TypeError, match="target must hold class indices"):
         loss_fn(x, torch.zeros(3))
@@ -485,6 +514,11 @@ def test_single_label_bad_inputs():
         loss_fn(x, torch.tensor([0, 1, 2]), reduction="batchmean")
     with pytest.raises(ValueError, match=r"eps \(label smoothing\) must be in \[0, 1\]"):
         ASLSingleLabel(eps=1.5)
+    # Without validate the shape and dtype checks still run, the value checks do not.
+    unchecked = ASLSingleLabel()
+    with pytest.raises(ValueError, match=r"target shape \(2,\) does not match batch size 3"):
+        unchecked(x, torch.tensor([0, 1]))
+    assert torch.isnan(unchecked(x_bad, torch.tensor([0, 1, 2])))
 
 
 # --- import isolation -----------------------------------------------------------------------
@@ -512,7 +546,10 @@ def test_import_does_not_load_open_clip():
 @pytest.mark.parametrize("shape", [(0, 5), (4, 0), (0, 0), (0, 3, 5)])
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum", "batchmean"])
 @pytest.mark.parametrize("setting", [{}, {"clip": 0}, {"gamma_pos": 1, "gamma_neg": 2}])
-def test_empty_batch_gives_zero_with_a_gradient_of_the_right_shape(shape, reduction, setting):
+@pytest.mark.parametrize("validate", [False, True])
+def test_empty_batch_gives_zero_with_a_gradient_of_the_right_shape(
+    shape, reduction, setting, validate
+):
     # a filtered last batch: used to crash in aminmax ("cannot compute aminmax over an empty
     # dimension"); the sum over no labels is 0, and so is the gradient (of shape (0, C))
     for targets, mask in (
@@ -521,7 +558,7 @@ def test_empty_batch_gives_zero_with_a_gradient_of_the_right_shape(shape, reduct
         (torch.zeros(shape, dtype=torch.bool), torch.ones(shape, dtype=torch.bool)),
     ):
         x = torch.randn(shape, requires_grad=True)
-        loss = AsymmetricLoss(reduction=reduction, **setting)(x, targets, mask)
+        loss = AsymmetricLoss(reduction=reduction, validate=validate, **setting)(x, targets, mask)
         if reduction == "none":
             assert loss.shape == shape
         else:
@@ -529,15 +566,17 @@ def test_empty_batch_gives_zero_with_a_gradient_of_the_right_shape(shape, reduct
         loss.sum().backward()
         assert x.grad is not None and x.grad.shape == shape
     x = torch.randn(shape, requires_grad=True)
-    asymmetric_loss(x, torch.zeros(shape), reduction=reduction).sum().backward()
+    asymmetric_loss(x, torch.zeros(shape), reduction=reduction, validate=validate).sum().backward()
     assert x.grad.shape == shape
 
 
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
-def test_single_label_empty_batch(reduction):
+@pytest.mark.parametrize("validate", [False, True])
+def test_single_label_empty_batch(reduction, validate):
     # reduction="mean" used to return NaN (0 / 0)
     x = torch.randn(0, 4, requires_grad=True)
-    loss = ASLSingleLabel(reduction=reduction)(x, torch.zeros(0, dtype=torch.long))
+    loss_fn = ASLSingleLabel(reduction=reduction, validate=validate)
+    loss = loss_fn(x, torch.zeros(0, dtype=torch.long))
     if reduction == "none":
         assert loss.shape == (0,)
     else:
@@ -548,4 +587,4 @@ def test_single_label_empty_batch(reduction):
 
 def test_single_label_without_classes_is_an_error():
     with pytest.raises(ValueError, match=r"logits have no classes \(shape \(0, 0\)\)"):
-        ASLSingleLabel()(torch.randn(0, 0), torch.zeros(0, dtype=torch.long))
+        ASLSingleLabel(validate=True)(torch.randn(0, 0), torch.zeros(0, dtype=torch.long))

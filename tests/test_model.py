@@ -25,7 +25,8 @@ def test_quickstart_shapes_and_names(tiny_head):
     model = make(tiny_head)
     assert model.class_names == NAMES
     assert model.num_classes == 5
-    assert model.num_features == tiny_head["dim"]
+    assert model.num_features == model.backbone.num_features  # timm: forward_features width
+    assert model.head_hidden_size == tiny_head["dim"]  # timm: forward_head(pre_logits) width
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 5)
     assert model(torch.randn(3, 3, 64, 64)).shape == (3, 5)
 
@@ -111,7 +112,8 @@ def test_data_config_comes_from_backbone(tiny_head):
     backbone_cfg = timm.data.resolve_model_data_config(model.backbone)
     assert cfg["input_size"] == (3, 64, 64)
     assert cfg["mean"] == backbone_cfg["mean"] and cfg["std"] == backbone_cfg["std"]
-    assert model.forward_features(torch.randn(1, 3, 64, 64)).shape == (1, 16, tiny_head["dim"])
+    width = model.backbone.num_features
+    assert model.forward_features(torch.randn(1, 3, 64, 64)).shape == (1, 16, width)
 
 
 def test_backbone_with_tag_and_kwargs(tiny_head):
@@ -124,11 +126,43 @@ def test_forward_features_and_head(tiny_head):
     model = make(tiny_head).eval()
     x = torch.randn(2, 3, 64, 64)
     feats = model.forward_features(x)
-    assert feats.shape == (2, 4, tiny_head["dim"])
+    assert feats.shape == (2, 4, model.backbone.num_features)
     refined = model.forward_head(feats, pre_logits=True)
     assert refined.shape == (2, 5, tiny_head["dim"])
     torch.testing.assert_close(model.forward_head(feats), (refined * model.get_prompts()).sum(-1))
     torch.testing.assert_close(model(x), model.forward_head(feats))
+
+
+@pytest.mark.parametrize("backbone", ["test_resnet", "test_vit"])
+def test_forward_head_takes_backbone_tokens(tiny_head, backbone):
+    """The timm boundary: forward_features ends at the backbone, forward_head starts with φ."""
+    kwargs = {"img_size": 64} if backbone == "test_vit" else {}
+    model = make(tiny_head, backbone, **kwargs).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        raw = model.backbone.forward_features(x)
+        prefix = getattr(model.backbone, "num_prefix_tokens", 0)
+        tokens = raw[:, prefix:] if raw.ndim == 3 else raw.flatten(2).transpose(1, 2)
+        assert tokens.shape[-1] == model.backbone.num_features
+        torch.testing.assert_close(model.forward_features(x), tokens)
+        logits = model.forward_head(tokens)
+        torch.testing.assert_close(model.forward_head(model.forward_features(x)), model(x))
+        torch.testing.assert_close(logits, model(x))
+        # From the equations: F = φ(tokens), P' = VSI(F, P), logit_i = p'_i · p_i.
+        f = tokens @ model.visual_proj.weight.T + model.visual_proj.bias
+        prompts = model.get_prompts()
+        expected = (model.vsi(f, prompts) * prompts).sum(-1)
+    torch.testing.assert_close(logits, expected)
+
+
+def test_forward_head_names_a_wrong_token_width(tiny_head):
+    model = make(tiny_head).eval()
+    width = model.backbone.num_features
+    projected = torch.randn(2, 4, tiny_head["dim"])
+    with pytest.raises(ValueError, match=rf"backbone tokens of shape \(B, v, {width}\)"):
+        model.forward_head(projected)
+    with pytest.raises(ValueError, match=r"got \(2, 3, 4, 5\)"):
+        model.forward_head(torch.randn(2, 3, 4, 5))
 
 
 def test_dual_path_gradients_and_detach_flags(tiny_head):

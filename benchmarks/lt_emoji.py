@@ -64,9 +64,11 @@ from cprfl_zoo.fileio import atomic_write_text
 try:
     import _assets
     import _emoji
+    from _heads import CPRFLOnTokens, OnImages, PooledLinear
     from _lt_compose import ComposedSet, compose_rgba_set, long_tailed_counts
 except ModuleNotFoundError:  # imported as benchmarks.lt_emoji
     from benchmarks import _assets, _emoji
+    from benchmarks._heads import CPRFLOnTokens, OnImages, PooledLinear
     from benchmarks._lt_compose import ComposedSet, compose_rgba_set, long_tailed_counts
 
 RESULTS = Path(__file__).resolve().parent / "results" / "lt_emoji.json"
@@ -232,48 +234,13 @@ def extract_tokens(backbone: nn.Module, canvases: np.ndarray, device: str, batch
 
 
 # ---------------------------------------------------------------------- methods
-class PooledLinear(nn.Module):
-    """Global average pool over tokens + Linear: the linear baseline."""
-
-    def __init__(self, in_features: int, num_classes: int) -> None:
-        super().__init__()
-        self.fc = nn.Linear(in_features, num_classes)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.fc(tokens.mean(1))
-
-
-class TokenHead(nn.Module):
-    """A CPRFL model's head (projection, PI, VSI) on cached backbone tokens."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(tokens)
-
-
-class OnImages(nn.Module):
-    """Backbone + token head, trained end to end."""
-
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
-        super().__init__()
-        self.backbone, self.head = backbone, head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from cprfl_zoo.backbone import backbone_tokens
-
-        return self.head(backbone_tokens(self.backbone, self.backbone.forward_features(x)))
-
-
 def cprfl_model(module: nn.Module) -> nn.Module | None:
     """The CPRFL model inside a method's module, or None for a linear head."""
     from cprfl_zoo.model import CPRFL
 
     if isinstance(module, CPRFL):
         return module
-    if isinstance(module, TokenHead):
+    if isinstance(module, CPRFLOnTokens):
         return module.model
     return None
 
@@ -307,7 +274,7 @@ def build_method(
     if regime == "finetune":
         return model.to(cfg.device)
     model.backbone.requires_grad_(False)
-    return TokenHead(model).to(cfg.device)
+    return CPRFLOnTokens(model).to(cfg.device)
 
 
 def make_loss(method: str) -> nn.Module:

@@ -64,6 +64,7 @@ from cprfl_zoo.fileio import atomic_write_text
 
 try:
     import _assets
+    from _heads import CPRFLOnTokens, OnImages, PooledLinear
     from _lt_compose import (
         SourceImages,
         compose_set,
@@ -71,6 +72,7 @@ try:
     )
 except ModuleNotFoundError:  # imported as benchmarks.lt_multilabel
     from benchmarks import _assets
+    from benchmarks._heads import CPRFLOnTokens, OnImages, PooledLinear
     from benchmarks._lt_compose import (
         SourceImages,
         compose_set,
@@ -172,41 +174,6 @@ def extract_tokens(backbone: nn.Module, canvases: np.ndarray, batch_size: int = 
 
 
 # ---------------------------------------------------------------------- heads
-class PooledLinear(nn.Module):
-    """Global average pool over tokens + Linear: the standard linear baseline."""
-
-    def __init__(self, in_features: int, num_classes: int) -> None:
-        super().__init__()
-        self.fc = nn.Linear(in_features, num_classes)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.fc(tokens.mean(1))
-
-
-class CPRFLOnTokens(nn.Module):
-    """A CPRFL model's head (φ, PI, VSI) applied to cached backbone tokens."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(tokens)
-
-
-class OnImages(nn.Module):
-    """Backbone + token head, for full fine-tuning."""
-
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
-        super().__init__()
-        self.backbone, self.head = backbone, head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from cprfl_zoo.backbone import backbone_tokens
-
-        return self.head(backbone_tokens(self.backbone, self.backbone.forward_features(x)))
-
-
 def make_cprfl(
     cfg: BenchConfig,
     backbone_state: dict[str, torch.Tensor],

@@ -11,6 +11,30 @@ torch.set_num_threads(int(os.environ.get("CPRFL_TEST_THREADS", "1")))
 TINY_HEAD = {"dim": 32, "num_heads": 2, "head_dim": 8, "mlp_hidden_dim": 24}
 
 
+def tiny_cprfl(class_names: list[str], text_dim: int = 16, **kwargs):
+    """An eval-mode CPRFL on timm's ``test_resnet`` with the tiny head and seeded embeddings.
+
+    Args:
+        class_names: The label set.
+        text_dim: Width of the random text embeddings (drawn after ``torch.manual_seed(0)``).
+        **kwargs: More ``create_cprfl`` arguments (``thresholds``, ``cosine_classifier``...).
+
+    Returns:
+        The model, the same for the same arguments.
+    """
+    from cprfl_zoo import create_cprfl
+
+    torch.manual_seed(0)
+    return create_cprfl(
+        "test_resnet",
+        class_names=class_names,
+        text_embeddings=torch.randn(len(class_names), text_dim),
+        pretrained_backbone=False,
+        **TINY_HEAD,
+        **kwargs,
+    ).eval()
+
+
 @pytest.fixture
 def tiny_head() -> dict:
     return dict(TINY_HEAD)

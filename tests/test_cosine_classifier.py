@@ -7,27 +7,19 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_cprfl
 
 from cprfl_zoo import create_cprfl
 
 NAMES = ["cat", "dog", "fox", "owl"]
 
 
-def _model(tiny_head: dict, **kwargs) -> torch.nn.Module:
-    torch.manual_seed(0)
-    emb = torch.randn(len(NAMES), 12)
-    return create_cprfl(
-        "test_resnet",
-        class_names=NAMES,
-        text_embeddings=emb,
-        pretrained_backbone=False,
-        **tiny_head,
-        **kwargs,
-    ).eval()
+def _model(**kwargs) -> torch.nn.Module:
+    return tiny_cprfl(NAMES, text_dim=12, **kwargs)
 
 
-def test_default_model_is_the_papers_dot_product(tiny_head):
-    model = _model(tiny_head)
+def test_default_model_is_the_papers_dot_product():
+    model = _model()
     assert model.model_args["cosine_classifier"] is False
     assert not any("logit_" in n for n, _ in model.named_parameters())
     x = torch.randn(2, 3, 32, 32)
@@ -38,8 +30,8 @@ def test_default_model_is_the_papers_dot_product(tiny_head):
         torch.testing.assert_close(model(x), expected)
 
 
-def test_cosine_logits_match_the_formula(tiny_head):
-    model = _model(tiny_head, cosine_classifier=True)
+def test_cosine_logits_match_the_formula():
+    model = _model(cosine_classifier=True)
     assert float(model.logit_scale.detach().exp()) == pytest.approx(10.0)
     assert float(model.logit_bias.detach()) == 0.0
     with torch.no_grad():
@@ -59,8 +51,8 @@ def test_cosine_logits_match_the_formula(tiny_head):
     assert logits.abs().max() <= 3.5 + 1e-5  # bounded by s + |b|
 
 
-def test_cosine_scale_and_bias_learn(tiny_head):
-    model = _model(tiny_head, cosine_classifier=True).train()
+def test_cosine_scale_and_bias_learn():
+    model = _model(cosine_classifier=True).train()
     loss = F.binary_cross_entropy_with_logits(
         model(torch.randn(2, 3, 32, 32)), torch.tensor([[1.0, 0, 0, 1], [0, 1, 0, 0]])
     )
@@ -69,8 +61,8 @@ def test_cosine_scale_and_bias_learn(tiny_head):
     assert float(model.logit_bias.grad.abs()) > 0
 
 
-def test_cosine_option_round_trips_through_save_and_load(tiny_head, tmp_path):
-    model = _model(tiny_head, cosine_classifier=True)
+def test_cosine_option_round_trips_through_save_and_load(tmp_path):
+    model = _model(cosine_classifier=True)
     with torch.no_grad():
         model.logit_scale.fill_(1.7)
         model.logit_bias.fill_(0.3)
@@ -83,8 +75,8 @@ def test_cosine_option_round_trips_through_save_and_load(tiny_head, tmp_path):
         torch.testing.assert_close(loaded(x), model(x))
 
 
-def test_deploy_supports_the_cosine_classifier(tiny_head):
-    model = _model(tiny_head, cosine_classifier=True)
+def test_deploy_supports_the_cosine_classifier():
+    model = _model(cosine_classifier=True)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model.deploy()(x), model(x), rtol=1e-5, atol=1e-5)

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_cprfl
 from PIL import Image
 
-from cprfl_zoo import CPRFL, create_cprfl
+from cprfl_zoo import CPRFL
 from cprfl_zoo.cli import evaluate_logits, main
 from cprfl_zoo.metrics import average_precision
 from cprfl_zoo.predict import Prediction, Predictor, eval_transform, find_images
@@ -18,25 +19,11 @@ from cprfl_zoo.predict import Prediction, Predictor, eval_transform, find_images
 NAMES = ["cat", "dog", "zebra", "kite", "bus"]
 
 
-def _model() -> CPRFL:
-    torch.manual_seed(0)
-    model = create_cprfl(
-        "test_resnet",
-        class_names=NAMES,
-        text_embeddings=torch.randn(len(NAMES), 16),
-        dim=32,
-        num_heads=2,
-        head_dim=8,
-        mlp_hidden_dim=24,
-        pretrained_backbone=False,
-    )
-    model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(3, 64, 64), crop_pct=1.0)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def model() -> CPRFL:
-    return _model()
+    model = tiny_cprfl(NAMES)
+    model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(3, 64, 64), crop_pct=1.0)
+    return model
 
 
 @pytest.fixture(scope="module")

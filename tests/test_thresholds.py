@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from conftest import tiny_cprfl
 
 from cprfl_zoo import CPRFL, create_cprfl
 from cprfl_zoo.hub import build_model_card
@@ -24,18 +25,7 @@ NAMES = ["cat", "dog", "zebra", "kite"]
 
 
 def _model(thresholds=None) -> CPRFL:
-    torch.manual_seed(0)
-    return create_cprfl(
-        "test_resnet",
-        class_names=NAMES,
-        text_embeddings=torch.randn(len(NAMES), 16),
-        dim=32,
-        num_heads=2,
-        head_dim=8,
-        mlp_hidden_dim=24,
-        thresholds=thresholds,
-        pretrained_backbone=False,
-    ).eval()
+    return tiny_cprfl(NAMES, thresholds=thresholds)
 
 
 # ---------------------------------------------------------------------- model API

@@ -195,12 +195,10 @@ def test_carries_names_thresholds_and_preprocessing(tiny_head):
     assert deployed.pretrained_cfg is not model.pretrained_cfg
     assert deployed.thresholds.dtype == torch.float32
     assert "thresholds" in dict(deployed.named_buffers())
-    if hasattr(model, "set_thresholds"):
-        model.set_thresholds([0.1, 0.2, 0.3, 0.4])
-        assert deployed.thresholds.tolist() == [0.5] * 4  # fixed when deployed
-        assert model.deploy().thresholds.tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4])
-    else:
-        assert deployed.thresholds.tolist() == [0.5] * 4
+    assert deployed.thresholds.tolist() == [0.5] * 4  # uncalibrated
+    model.set_thresholds([0.1, 0.2, 0.3, 0.4])
+    assert deployed.thresholds.tolist() == [0.5] * 4  # fixed when deployed
+    assert model.deploy().thresholds.tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4])
 
 
 def test_new_classes_need_a_new_deploy(tiny_head):

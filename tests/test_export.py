@@ -38,8 +38,7 @@ def make(kind: str) -> CPRFL:
     backbone, kwargs, _ = BACKBONES[kind]
     torch.manual_seed(0)
     model = CPRFL(backbone, NAMES, torch.randn(len(NAMES), 16), **TINY_HEAD, **kwargs)
-    if hasattr(model, "set_thresholds"):
-        model.set_thresholds([0.3, 0.4, 0.5, 0.6])
+    model.set_thresholds([0.3, 0.4, 0.5, 0.6])
     return model.eval()
 
 
@@ -81,8 +80,7 @@ def test_onnx_carries_names_activation_thresholds_and_preprocessing(onnx_export)
     props = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(props["class_names"]) == NAMES  # UTF-8 kept
     assert props["activation"] == "sigmoid" and props["output"] == "logits"
-    thresholds = model.get_thresholds().tolist() if hasattr(model, "get_thresholds") else None
-    assert json.loads(props["thresholds"]) == pytest.approx(thresholds or [0.5] * 4)
+    assert json.loads(props["thresholds"]) == pytest.approx([0.3, 0.4, 0.5, 0.6])
     prep = json.loads(props["preprocessing"])
     assert prep["input_size"] == list(BACKBONES[kind][2])
     assert prep["mean"] == list(model.pretrained_cfg["mean"])
@@ -141,8 +139,8 @@ def test_cli_exports_a_saved_model(tmp_path: Path, capsys):
     assert f"as pt2: {out}" in capsys.readouterr().out
     loaded, meta = load_pt2(out)
     assert meta["class_names"] == NAMES and meta["preprocessing"]["input_size"] == [3, 64, 64]
-    if hasattr(model, "get_thresholds"):  # calibrated thresholds travel through the saved config
-        assert meta["thresholds"] == pytest.approx(model.get_thresholds().tolist())
+    # calibrated thresholds travel through the saved config
+    assert meta["thresholds"] == pytest.approx([0.3, 0.4, 0.5, 0.6])
     x = batch("cnn", 2)
     with torch.no_grad():
         torch.testing.assert_close(loaded.module()(x), model(x), rtol=1e-4, atol=1e-5)

@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from conftest import TINY_HEAD
 from PIL import Image
 
 import cprfl_zoo
@@ -39,7 +40,6 @@ from cprfl_zoo.class_lists import COCO_LT_CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs" / "src").rglob("*.md"))]
-TINY_HEAD = {"dim": 32, "num_heads": 2, "head_dim": 8, "mlp_hidden_dim": 24}
 EMBED_DIM = 16
 
 EXEMPT: dict[tuple[str, str], str] = {

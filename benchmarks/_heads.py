@@ -1,4 +1,4 @@
-"""Heads the accuracy benchmarks train: a linear baseline and CPRFL's head."""
+"""Heads the accuracy benchmarks train (a linear baseline and CPRFL's head) and their loss."""
 
 from __future__ import annotations
 
@@ -39,3 +39,12 @@ class OnImages(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(backbone_tokens(self.backbone, self.backbone.forward_features(x)))
+
+
+def make_loss(method: str) -> nn.Module:
+    """BCE for ``*-BCE`` methods, ASL (γ- = 4, γ+ = 0, clip 0.05) for the others."""
+    from cprfl_zoo import AsymmetricLoss
+
+    if method.endswith("BCE"):
+        return nn.BCEWithLogitsLoss()
+    return AsymmetricLoss(gamma_neg=4, gamma_pos=0, clip=0.05, reduction="mean")

@@ -64,11 +64,11 @@ from cprfl_zoo.fileio import atomic_write_text
 try:
     import _assets
     import _emoji
-    from _heads import CPRFLOnTokens, OnImages, PooledLinear
+    from _heads import CPRFLOnTokens, OnImages, PooledLinear, make_loss
     from _lt_compose import ComposedSet, compose_rgba_set, long_tailed_counts
 except ModuleNotFoundError:  # imported as benchmarks.lt_emoji
     from benchmarks import _assets, _emoji
-    from benchmarks._heads import CPRFLOnTokens, OnImages, PooledLinear
+    from benchmarks._heads import CPRFLOnTokens, OnImages, PooledLinear, make_loss
     from benchmarks._lt_compose import ComposedSet, compose_rgba_set, long_tailed_counts
 
 RESULTS = Path(__file__).resolve().parent / "results" / "lt_emoji.json"
@@ -275,15 +275,6 @@ def build_method(
         return model.to(cfg.device)
     model.backbone.requires_grad_(False)
     return CPRFLOnTokens(model).to(cfg.device)
-
-
-def make_loss(method: str) -> nn.Module:
-    """BCE for ``*-BCE`` methods, ASL (γ- = 4, γ+ = 0, clip 0.05) for the others."""
-    from cprfl_zoo import AsymmetricLoss
-
-    if method.endswith("BCE"):
-        return nn.BCEWithLogitsLoss()
-    return AsymmetricLoss(gamma_neg=4, gamma_pos=0, clip=0.05, reduction="mean")
 
 
 def train(

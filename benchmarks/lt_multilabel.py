@@ -64,7 +64,7 @@ from cprfl_zoo.fileio import atomic_write_text
 
 try:
     import _assets
-    from _heads import CPRFLOnTokens, OnImages, PooledLinear
+    from _heads import CPRFLOnTokens, OnImages, PooledLinear, make_loss
     from _lt_compose import (
         SourceImages,
         compose_set,
@@ -72,7 +72,7 @@ try:
     )
 except ModuleNotFoundError:  # imported as benchmarks.lt_multilabel
     from benchmarks import _assets
-    from benchmarks._heads import CPRFLOnTokens, OnImages, PooledLinear
+    from benchmarks._heads import CPRFLOnTokens, OnImages, PooledLinear, make_loss
     from benchmarks._lt_compose import (
         SourceImages,
         compose_set,
@@ -223,14 +223,6 @@ def build_method(
     trainable = [n for n, p in head.named_parameters() if p.requires_grad]
     assert not any(n.startswith("model.backbone.") for n in trainable), trainable
     return head
-
-
-def make_loss(method: str) -> nn.Module:
-    from cprfl_zoo import AsymmetricLoss
-
-    if method.endswith("BCE"):
-        return nn.BCEWithLogitsLoss()
-    return AsymmetricLoss(gamma_neg=4, gamma_pos=0, clip=0.05, reduction="mean")
 
 
 # ---------------------------------------------------------------------- training

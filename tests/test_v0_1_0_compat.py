@@ -39,6 +39,7 @@ def _logits(model: torch.nn.Module) -> torch.Tensor:
 
 def test_folder_is_the_0_1_0_one():
     config = json.loads((DATA / "v0_1_0_model" / "config.json").read_text(encoding="utf-8"))
+    assert config["cprfl_zoo_version"] == "0.1.0" and "weights_sha256" not in config
     assert config["model_args"]["backbone"] == "test_resnet"
     assert config["label_names"] == ["cat", "dog", "traffic_light"]
     assert _expected().shape == (2, 3)

@@ -124,7 +124,7 @@ class DeployedCPRFL(nn.Module):
             buffers = _precompute(model)
         for name, value in buffers.items():
             self.register_buffer(name, value.to(params.device, params.dtype).contiguous())
-        self.register_buffer("thresholds", _thresholds(model).to(params.device))
+        self.register_buffer("thresholds", model.get_thresholds().to(params.device))
         self.requires_grad_(False)
         super().train(False)
 
@@ -252,19 +252,6 @@ def _check_supported(model: nn.Module) -> None:
             f"deploy expects the VSI FFN to be timm's Mlp (fc1, act, norm, fc2), got "
             f"{type(mlp).__name__}"
         )
-
-
-def _thresholds(model: nn.Module) -> torch.Tensor:
-    get = getattr(model, "get_thresholds", None)
-    if callable(get):
-        values = torch.as_tensor(get(), dtype=torch.float32).detach().flatten()
-    else:
-        values = torch.full((model.num_classes,), 0.5)
-    if values.numel() != model.num_classes:
-        raise ValueError(
-            f"the model has {values.numel()} thresholds for {model.num_classes} classes"
-        )
-    return values.cpu().clone()
 
 
 def _set_training(model: nn.Module, modes: Sequence[tuple[nn.Module, bool]]) -> None:

@@ -430,7 +430,7 @@ def collect_logits(
         model: A CPRFL model (put in eval mode) or its deploy module.
         loader: Batches of ``(images, targets)``, e.g. over a
             :class:`~cprfl_zoo.data.MultiLabelImageList`.
-        device: Where to run (default: the model's device).
+        device: Where to run; the model is moved there (default: the model's device).
         progress: Show a tqdm bar (default: when stderr is a terminal).
 
     Returns:
@@ -439,7 +439,9 @@ def collect_logits(
     from tqdm.auto import tqdm
 
     model.eval()
-    device = torch.device(device) if device is not None else _model_device(model)
+    if device is not None:
+        model.to(device)
+    device = _model_device(model)
     logits, targets = [], []
     disable = None if progress is None else not progress
     for images, target in tqdm(loader, unit="batch", disable=disable):

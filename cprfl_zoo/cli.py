@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from .model import CPRFL
 
 __all__ = ["build_parser", "main"]
@@ -318,6 +320,14 @@ def _load_for_inference(args: argparse.Namespace) -> CPRFL:
     return model.to(device)
 
 
+def _inference_module(model: CPRFL) -> nn.Module:
+    """The deploy module (prompt side computed once for the label set), else the model itself."""
+    try:
+        return model.deploy()
+    except ValueError:  # a head variant the deploy path does not implement
+        return model
+
+
 def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "predict",
@@ -374,10 +384,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     except FileNotFoundError as e:
         raise CommandError(f"IMAGES {e}") from None
     model = _load_for_inference(args)
-    try:
-        runner = model.deploy()  # the prompt side computed once for the label set
-    except ValueError:
-        runner = model
+    runner = _inference_module(model)
     predictor = Predictor(
         runner,
         thresholds=args.threshold,
@@ -475,10 +482,7 @@ def _list_logits(args: argparse.Namespace, model: CPRFL):
     except FileNotFoundError as e:
         raise CommandError(str(e)) from None
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
-    try:
-        runner = model.deploy()
-    except ValueError:
-        runner = model
+    runner = _inference_module(model)
     logits, targets = collect_logits(runner, loader, progress=False if args.no_progress else None)
     return logits, targets
 

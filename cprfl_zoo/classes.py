@@ -65,7 +65,7 @@ def validate_class_inputs(
             )
         if text_embeddings.ndim != 2:
             raise ValueError(
-                f"text_embeddings must have shape (num_classes, embed_dim), got "
+                f"text_embeddings must have shape (num_classes, text_dim), got "
                 f"{tuple(text_embeddings.shape)}"
             )
         if text_embeddings.shape[0] != len(names):
@@ -76,7 +76,7 @@ def validate_class_inputs(
         if text_embeddings.shape[1] == 0:
             raise ValueError(
                 f"text_embeddings have width 0 (shape {tuple(text_embeddings.shape)}); expected "
-                "(num_classes, embed_dim) with embed_dim >= 1"
+                "(num_classes, text_dim) with text_dim >= 1"
             )
         # The model stores float32: a float64 value beyond float32's range becomes inf there.
         if not torch.isfinite(text_embeddings.detach().to(torch.float32)).all():

@@ -220,7 +220,7 @@ def _run_convert_official(args: argparse.Namespace) -> int:
     args_ = model.model_args
     print(
         f"converted {args.checkpoint}: {args_['backbone']}, {model.num_classes} classes, "
-        f"d={args_['dim']}, embeddings {tuple(model.class_embeddings.shape)}"
+        f"d={args_['embed_dim']}, embeddings {tuple(model.class_embeddings.shape)}"
     )
     print(f"written: {out}")
     return 0

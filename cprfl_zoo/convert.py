@@ -41,9 +41,10 @@ import torch
 from .class_lists import get_class_names
 from .classes import validate_class_inputs
 from .fileio import file_sha256
+from .head_config import validate_head_args
 from .hub import check_state_dict
 from .messages import listed
-from .model import CPRFL, validate_head_args
+from .model import CPRFL
 from .text import DEFAULT_MODEL_NAME, DEFAULT_TEMPLATES
 
 _logger = logging.getLogger(__name__)
@@ -222,8 +223,8 @@ def _head_sizes(sd: Mapping[str, torch.Tensor], linear_pi: bool, source: str) ->
     if qkv.shape[0] % 3:
         raise ValueError(f"{source}: to_qkv.weight has {qkv.shape[0]} rows, not a multiple of 3")
     sizes: dict[str, Any] = {
-        "dim": dim,
-        "embed_dim": int(pi.shape[1]),
+        "embed_dim": dim,
+        "text_dim": int(pi.shape[1]),
         "inner_dim": int(qkv.shape[0]) // 3,
         "mlp_hidden_dim": int(ffn.shape[0]),
         "pi_linear": linear_pi,
@@ -233,8 +234,8 @@ def _head_sizes(sd: Mapping[str, torch.Tensor], linear_pi: bool, source: str) ->
         ratio = hidden / dim
         if int(dim * ratio) != hidden:
             raise ValueError(
-                f"{source}: PI hidden width {hidden} is not expressible as dim × ratio for "
-                f"dim={dim}"
+                f"{source}: PI hidden width {hidden} is not expressible as embed_dim × ratio for "
+                f"embed_dim={dim}"
             )
         sizes["pi_mlp_ratio"] = ratio
     return sizes
@@ -370,10 +371,10 @@ def convert_official_state_dict(
     tower = official_text_tower(state_dict, names, source)
     with torch.no_grad():
         embeddings = tower().float()
-    if embeddings.shape[1] != sizes["embed_dim"]:
+    if embeddings.shape[1] != sizes["text_dim"]:
         raise ValueError(
             f"{source}: the text tower gives {embeddings.shape[1]}-d features but label_emb "
-            f"expects {sizes['embed_dim']}"
+            f"expects {sizes['text_dim']}"
         )
     provenance = {
         "model_name": OFFICIAL_TOKENIZER,

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import backbone_tokens, check_images, check_tokens
+from .head_config import COSINE_EPS
 
 if TYPE_CHECKING:
     from .model import CPRFL
@@ -37,8 +38,6 @@ _logger = logging.getLogger(__name__)
 
 __all__ = ["DeployedCPRFL", "deploy_cprfl"]
 
-# eps of the cosine classifier (torch.nn.functional.cosine_similarity's, as CPRFL uses it).
-_COSINE_EPS = 1e-6
 # Largest prompt-to-prompt score block (elements) computed at once while deploying.
 _MAX_BLOCK = 2**25
 
@@ -48,8 +47,8 @@ _NEUTRAL_OPTIONS = frozenset(
     {
         "backbone",
         "backbone_kwargs",
+        "text_dim",
         "embed_dim",
-        "dim",
         "num_heads",
         "head_dim",
         "mlp_hidden_dim",
@@ -204,7 +203,7 @@ class DeployedCPRFL(nn.Module):
         if self.fc2 is None:
             return (hidden * self.classifier_weight).sum(dim=-1) + self.classifier_bias
         refined = self.fc2(hidden)  # P' (B, C, d); classifier_weight holds s · p_i / |p_i|
-        norm = refined.norm(dim=-1).clamp_min(_COSINE_EPS)
+        norm = refined.norm(dim=-1).clamp_min(COSINE_EPS)
         return (refined * self.classifier_weight).sum(dim=-1) / norm + self.classifier_bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -236,9 +235,10 @@ def deploy_cprfl(model: CPRFL) -> DeployedCPRFL:
 
 
 def _check_supported(model: nn.Module) -> None:
-    from .model import CPRFL
-
-    if not isinstance(model, CPRFL):
+    # CPRFL itself imports this module, so the check is on what the deploy path reads.
+    if not all(
+        hasattr(model, name) for name in ("_arch_args", "prompt_init", "vsi", "visual_proj")
+    ):
         raise TypeError(f"deploy needs a CPRFL model, got {type(model).__name__}")
     for option, value in getattr(model, "_arch_args", {}).items():
         if option not in _NEUTRAL_OPTIONS and value not in (None, False):
@@ -280,7 +280,7 @@ def _precompute(model: CPRFL) -> dict[str, torch.Tensor]:
             out.append(torch.softmax(scores, dim=-1) @ v)
         fc2 = model.vsi.mlp.fc2
         if getattr(model, "cosine_classifier", False):
-            norm = prompts.norm(dim=-1, keepdim=True).clamp_min(_COSINE_EPS)
+            norm = prompts.norm(dim=-1, keepdim=True).clamp_min(COSINE_EPS)
             classifier_weight = model.logit_scale.exp() * prompts / norm  # (C, d)
             classifier_bias = model.logit_bias.expand(num_classes).clone()
         else:

@@ -11,6 +11,7 @@ import timm
 import torch
 from torch import nn
 
+from .hub import load_pretrained
 from .model import CPRFL
 
 _logger = logging.getLogger(__name__)
@@ -113,8 +114,6 @@ def create_cprfl(
                 f"{model_name} is a saved model with its own classes; load it, then call "
                 "model.set_classes(names, embeddings) to change them"
             )
-        from .hub import load_pretrained  # checks config.json and names a broken weights file
-
         return load_pretrained(model_name, **kwargs)
     if class_names is None:
         raise ValueError("class_names is required to create a CPRFL model")

@@ -11,101 +11,80 @@ backbone's local tokens:
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
-import numbers
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._manipulate import checkpoint
 from torch import nn
 
 from .backbone import backbone_tokens, check_images, check_tokens, create_backbone
 from .classes import validate_class_inputs
+from .deploy import DeployedCPRFL
+from .head_config import (
+    COSINE_EPS,
+    HEAD_FIELDS,
+    HeadConfig,
+    upgrade_legacy_args,
+    validate_head_args,
+)
+from .hub import load_pretrained, push_to_hub, save_pretrained
+from .predict import predict
 from .prompt_init import PromptInit
 from .thresholds import DEFAULT_THRESHOLD, validate_thresholds
 from .vsi import VSI
 
 if TYPE_CHECKING:
-    from .deploy import DeployedCPRFL
     from .predict import Prediction
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["CPRFL", "validate_class_inputs", "validate_head_args"]
+__all__ = ["CPRFL", "HeadConfig", "validate_class_inputs", "validate_head_args"]
 
 _DATA_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
 
 
 COSINE_INIT_SCALE = 10.0  # initial s of the opt-in cosine classifier
-
-_SIZE_ARGS = ("embed_dim", "dim", "num_heads", "head_dim", "mlp_hidden_dim", "in_chans")
-_RATE_ARGS = ("drop_rate", "attn_drop_rate")
-_BOOL_ARGS = (
-    "qkv_bias",
-    "pi_linear",
-    "detach_classifier_prompts",
-    "detach_refined_features",
-    "cosine_classifier",
-    "pretrained_backbone",
-    "trainable_text_encoder",
-)
+_LEGACY_ARGS = frozenset({"dim"})
 
 
-def validate_head_args(args: Mapping[str, Any], *, strict_types: bool = False) -> None:
-    """Check the head sizes and rates among CPRFL's arguments (only the keys present).
-
-    Sizes (``embed_dim``, ``dim``, ``num_heads``, ``head_dim``, ``mlp_hidden_dim``,
-    ``in_chans``) must be positive ints: timm's ``Mlp`` would read ``mlp_hidden_dim=0`` as
-    "the input width". Dropout rates must be in [0, 1) and ``pi_mlp_ratio`` a positive number.
-    Each message starts with the argument's name.
-
-    Args:
-        args: Argument name to value (``embed_dim=None`` is skipped).
-        strict_types: Also require the flags (``qkv_bias``, ``pi_linear``, ...) to be bools,
-            as in a saved config, where the string ``"false"`` would read as true.
-
-    Raises:
-        ValueError: Naming the first argument that is out of range or of the wrong type.
-    """
-    for key in _SIZE_ARGS:
-        value = args.get(key)
-        if key not in args or (value is None and key == "embed_dim"):
-            continue
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-            raise ValueError(f"{key} must be a positive int, got {value!r}{_type_note(value)}")
-    for key in _RATE_ARGS:
-        if key in args:
-            value = args[key]
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
-                raise ValueError(
-                    f"{key} must be a number in [0, 1), got {value!r}{_type_note(value)}"
-                )
-    if "pi_mlp_ratio" in args:
-        value = args["pi_mlp_ratio"]
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, numbers.Real)
-            or not (math.isfinite(value) and value > 0)
-        ):
+def _head_config(
+    head_cfg: HeadConfig | None, head_args: dict[str, Any], text_embeddings: torch.Tensor | None
+) -> HeadConfig:
+    """The head's config from ``head_cfg`` or the keyword fields, with ``text_dim`` filled in."""
+    unknown = sorted(set(head_args) - set(HEAD_FIELDS) - _LEGACY_ARGS)
+    if unknown:
+        raise ValueError(
+            f"unknown argument(s) {', '.join(unknown)} for CPRFL; its head takes "
+            f"{', '.join(HEAD_FIELDS)} (or head_cfg=HeadConfig(...))"
+        )
+    args = upgrade_legacy_args(head_args, warn=True)
+    if head_cfg is not None:
+        if args:
             raise ValueError(
-                f"pi_mlp_ratio must be a positive number, got {value!r}{_type_note(value)}"
+                f"the head is given twice: as head_cfg and as {', '.join(sorted(args))}; pass "
+                "dataclasses.replace(head_cfg, ...) instead"
             )
-    if strict_types:
-        for key in _BOOL_ARGS:
-            if key in args and not isinstance(args[key], bool):
-                raise ValueError(
-                    f"{key} must be true or false, got {args[key]!r}{_type_note(args[key])}"
-                )
-
-
-def _type_note(value: Any) -> str:
-    return "" if isinstance(value, (int, float)) else f" ({type(value).__name__})"
+        args = head_cfg.to_dict()
+    if text_embeddings is not None:
+        width = int(text_embeddings.shape[1])
+        if args.get("text_dim") not in (None, width):
+            raise ValueError(
+                f"text_embeddings have width {width} but text_dim={args['text_dim']} (the PI "
+                "input width) was requested"
+            )
+        args["text_dim"] = width
+    elif args.get("text_dim") is None:
+        raise ValueError(
+            "text_embeddings are needed: pass a (num_classes, text_dim) tensor of class "
+            "text embeddings (see cprfl_zoo.encode_class_names), or create the model with "
+            "cprfl_zoo.create_cprfl, which computes them from the class names"
+        )
+    return HeadConfig(**args)
 
 
 class CPRFL(nn.Module):
@@ -118,26 +97,9 @@ class CPRFL(nn.Module):
             ``forward_features`` / ``num_features`` contract.
         class_names: Class names in logit order.
         text_embeddings: Class embeddings W (C, m). May be omitted only together with
-            ``embed_dim``, when the weights (which contain W) are loaded right after.
-        embed_dim: Width m of the class embeddings; inferred from ``text_embeddings``.
-        dim: Width d of the projected tokens, prompts and VSI (2048).
-        num_heads: VSI attention heads (8).
-        head_dim: Width of each VSI head (512).
-        mlp_hidden_dim: Hidden width of the VSI FFN (2048).
-        qkv_bias: Bias on the VSI qkv projection (False, as the official code).
-        drop_rate: Dropout in the VSI (0.1).
-        attn_drop_rate: Dropout on VSI attention weights (0).
-        pi_mlp_ratio: PI hidden width as a fraction of d (τ = 0.5).
-        pi_linear: Use the single-Linear PI variant.
-        detach_classifier_prompts: Stop gradients through the classifier path ``p_i``
-            (the official ``no_cls_grad`` ablation).
-        detach_refined_features: Stop gradients through the refined features ``p'_i``
-            (the official ``no_feature_grad`` ablation).
-        cosine_classifier: Opt-in, not in the paper: score class *i* as
-            ``s * cos(p'_i, p_i) + b`` with a learned scale ``s`` (``logit_scale``, stored as its
-            log, initially 10) and a learned bias ``b`` shared by all classes, instead of the
-            unnormalised ``p'_i . p_i`` (a normalised classifier, as in Gidaris & Komodakis,
-            CVPR 2018, and Kang et al., ICLR 2020, for long-tailed recognition).
+            ``text_dim``, when the weights (which contain W) are loaded right after.
+        head_cfg: The head's widths, rates and options as one record; or give its fields
+            (``embed_dim``, ``num_heads``, ``drop_rate``, ...) as keyword arguments.
         pretrained_backbone: Load timm's pretrained weights for a named backbone.
         backbone_kwargs: Extra keyword arguments for ``timm.create_model`` of the backbone.
         img_size: Input image size for backbones that take one (ViT, Swin).
@@ -154,6 +116,17 @@ class CPRFL(nn.Module):
         thresholds: Per-class decision thresholds, probabilities in [0, 1] applied to
             ``sigmoid(logits)``, in logit order (see :meth:`set_thresholds` and
             :func:`cprfl_zoo.thresholds.calibrate_thresholds`); ``None``: not calibrated, 0.5.
+        **head_args: The fields of :class:`~cprfl_zoo.head_config.HeadConfig`: ``embed_dim``
+            (the width d of the tokens, prompts and VSI, 2048, as timm's ``embed_dim``),
+            ``text_dim`` (m, inferred from ``text_embeddings``), ``num_heads``, ``head_dim``,
+            ``mlp_hidden_dim``, ``qkv_bias``, ``drop_rate``, ``attn_drop_rate``,
+            ``pi_mlp_ratio``, ``pi_linear``, ``detach_classifier_prompts``,
+            ``detach_refined_features``, ``cosine_classifier``. The 0.1.0 spelling (``dim`` for
+            d, ``embed_dim`` for m) is accepted with a ``FutureWarning`` until 0.3.0.
+
+    Raises:
+        ValueError: For missing class names or embeddings, an unknown argument, or a head field
+            out of range (the message names it).
     """
 
     def __init__(
@@ -162,19 +135,7 @@ class CPRFL(nn.Module):
         class_names: Sequence[str] | None = None,
         text_embeddings: torch.Tensor | None = None,
         *,
-        embed_dim: int | None = None,
-        dim: int = 2048,
-        num_heads: int = 8,
-        head_dim: int = 512,
-        mlp_hidden_dim: int = 2048,
-        qkv_bias: bool = False,
-        drop_rate: float = 0.1,
-        attn_drop_rate: float = 0.0,
-        pi_mlp_ratio: float = 0.5,
-        pi_linear: bool = False,
-        detach_classifier_prompts: bool = False,
-        detach_refined_features: bool = False,
-        cosine_classifier: bool = False,
+        head_cfg: HeadConfig | None = None,
         pretrained_backbone: bool = False,
         backbone_kwargs: dict[str, Any] | None = None,
         img_size: int | Sequence[int] | None = None,
@@ -185,6 +146,7 @@ class CPRFL(nn.Module):
         trainable_text_encoder: bool = False,
         text_tower: nn.Module | None = None,
         thresholds: Sequence[float] | None = None,
+        **head_args: Any,
     ) -> None:
         super().__init__()
         if class_names is None:
@@ -196,32 +158,8 @@ class CPRFL(nn.Module):
             )
         if global_pool:
             raise ValueError(f"CPRFL does not pool its features; got global_pool={global_pool!r}")
-        if text_embeddings is not None:
-            if embed_dim is not None and embed_dim != text_embeddings.shape[1]:
-                raise ValueError(
-                    f"text_embeddings have width {text_embeddings.shape[1]} but "
-                    f"embed_dim={embed_dim} (the PI input width) was requested"
-                )
-            embed_dim = int(text_embeddings.shape[1])
-        elif embed_dim is None:
-            raise ValueError(
-                "text_embeddings are needed: pass a (num_classes, embed_dim) tensor of class "
-                "text embeddings (see cprfl_zoo.encode_class_names), or create the model with "
-                "cprfl_zoo.create_cprfl, which computes them from the class names"
-            )
-        validate_head_args(
-            {
-                "embed_dim": embed_dim,
-                "dim": dim,
-                "num_heads": num_heads,
-                "head_dim": head_dim,
-                "mlp_hidden_dim": mlp_hidden_dim,
-                "in_chans": in_chans,
-                "drop_rate": drop_rate,
-                "attn_drop_rate": attn_drop_rate,
-                "pi_mlp_ratio": pi_mlp_ratio,
-            }
-        )
+        cfg = _head_config(head_cfg, head_args, text_embeddings)
+        validate_head_args({"in_chans": in_chans})
 
         backbone_kwargs = dict(backbone_kwargs or {})
         if isinstance(backbone, str):
@@ -230,30 +168,33 @@ class CPRFL(nn.Module):
             if in_chans != 3:
                 backbone_kwargs["in_chans"] = in_chans
         self.backbone = create_backbone(backbone, pretrained=pretrained_backbone, **backbone_kwargs)
-        self.visual_proj = nn.Linear(self.backbone.num_features, dim)
-        self.prompt_init = PromptInit(embed_dim, dim, mlp_ratio=pi_mlp_ratio, linear=pi_linear)
+        self.visual_proj = nn.Linear(self.backbone.num_features, cfg.embed_dim)
+        self.prompt_init = PromptInit(
+            cfg.text_dim, cfg.embed_dim, mlp_ratio=cfg.pi_mlp_ratio, linear=cfg.pi_linear
+        )
         self.vsi = VSI(
-            dim,
-            num_heads=num_heads,
-            head_dim=head_dim,
-            mlp_hidden_dim=mlp_hidden_dim,
-            qkv_bias=qkv_bias,
-            drop_rate=drop_rate,
-            attn_drop_rate=attn_drop_rate,
+            cfg.embed_dim,
+            num_heads=cfg.num_heads,
+            head_dim=cfg.head_dim,
+            mlp_hidden_dim=cfg.mlp_hidden_dim,
+            qkv_bias=cfg.qkv_bias,
+            drop_rate=cfg.drop_rate,
+            attn_drop_rate=cfg.attn_drop_rate,
         )
         if text_embeddings is None:
-            text_embeddings = torch.zeros(len(names), embed_dim)
+            text_embeddings = torch.zeros(len(names), cfg.text_dim)
         self.register_buffer("class_embeddings", text_embeddings.detach().float().clone())
 
+        self.head_cfg = cfg
         self.class_names = names
         self.num_classes = len(names)
         self.num_features = self.backbone.num_features
-        self.head_hidden_size = dim
-        self.embed_dim = embed_dim
+        self.head_hidden_size = self.embed_dim = cfg.embed_dim
+        self.text_dim = cfg.text_dim
         self.in_chans = in_chans
-        self.detach_classifier_prompts = detach_classifier_prompts
-        self.detach_refined_features = detach_refined_features
-        self.cosine_classifier = bool(cosine_classifier)
+        self.detach_classifier_prompts = cfg.detach_classifier_prompts
+        self.detach_refined_features = cfg.detach_refined_features
+        self.cosine_classifier = cfg.cosine_classifier
         if self.cosine_classifier:
             self.logit_scale = nn.Parameter(torch.tensor(math.log(COSINE_INIT_SCALE)))
             self.logit_bias = nn.Parameter(torch.zeros(()))
@@ -266,26 +207,16 @@ class CPRFL(nn.Module):
             from .text import TextTower
 
             text_tower = TextTower.from_config(self.text_encoder_cfg.get("text_tower"), len(names))
-        if text_tower is not None and text_tower.embed_dim != embed_dim:
+        if text_tower is not None and text_tower.embed_dim != cfg.text_dim:
             raise ValueError(
-                f"the text tower gives width {text_tower.embed_dim}, but embed_dim={embed_dim}"
+                f"the text tower gives width {text_tower.embed_dim}, but text_dim={cfg.text_dim}"
             )
         self.text_tower = text_tower
         self.class_embeddings_frozen = False
         self._arch_args: dict[str, Any] = {
             "backbone": backbone if isinstance(backbone, str) else None,
             "backbone_kwargs": {k: v for k, v in backbone_kwargs.items() if k != "img_size"},
-            "embed_dim": embed_dim,
-            "dim": dim,
-            "num_heads": num_heads,
-            "head_dim": head_dim,
-            "mlp_hidden_dim": mlp_hidden_dim,
-            "qkv_bias": qkv_bias,
-            "pi_mlp_ratio": pi_mlp_ratio,
-            "pi_linear": pi_linear,
-            "detach_classifier_prompts": detach_classifier_prompts,
-            "detach_refined_features": detach_refined_features,
-            "cosine_classifier": self.cosine_classifier,
+            **cfg.to_dict(),
             "in_chans": in_chans,
             "trainable_text_encoder": text_tower is not None,
         }
@@ -388,10 +319,10 @@ class CPRFL(nn.Module):
                 validate_class_inputs(class_names), self.text_encoder_cfg, same_weights=True
             )
         names = validate_class_inputs(class_names, text_embeddings)
-        if text_embeddings.shape[1] != self.embed_dim:
+        if text_embeddings.shape[1] != self.text_dim:
             raise ValueError(
                 f"text_embeddings have width {text_embeddings.shape[1]} but this model's PI "
-                f"network expects {self.embed_dim}"
+                f"network expects text_dim={self.text_dim}"
             )
         buf = self.class_embeddings
         self.class_embeddings = text_embeddings.detach().to(buf.device, torch.float32).clone()
@@ -572,7 +503,7 @@ class CPRFL(nn.Module):
         classifier = prompts.detach() if self.detach_classifier_prompts else prompts
         classifier = classifier.to(refined.dtype)
         if self.cosine_classifier:
-            cos = nn.functional.cosine_similarity(refined, classifier, dim=-1, eps=1e-6)
+            cos = nn.functional.cosine_similarity(refined, classifier, dim=-1, eps=COSINE_EPS)
             return self.logit_scale.exp().to(cos.dtype) * cos + self.logit_bias.to(cos.dtype)
         return (refined * classifier).sum(-1)
 
@@ -613,8 +544,6 @@ class CPRFL(nn.Module):
             One :class:`~cprfl_zoo.predict.Prediction` per image (``labels``,
             ``probabilities``, ``indices``, in logit order).
         """
-        from .predict import predict
-
         return predict(self, images, thresholds, transform=transform, batch_size=batch_size)
 
     # ------------------------------------------------------------------ deployment
@@ -629,8 +558,6 @@ class CPRFL(nn.Module):
         Returns:
             The deployed module, in eval mode; export it with :mod:`cprfl_zoo.export`.
         """
-        from .deploy import DeployedCPRFL
-
         return DeployedCPRFL(self)
 
     # ------------------------------------------------------------------ sharing
@@ -655,8 +582,6 @@ class CPRFL(nn.Module):
         Returns:
             The folder path.
         """
-        from .hub import save_pretrained
-
         return save_pretrained(
             self, save_directory, repo_id=repo_id, metrics=metrics, model_card=model_card
         )
@@ -672,8 +597,6 @@ class CPRFL(nn.Module):
         Returns:
             huggingface_hub's ``CommitInfo`` of the upload.
         """
-        from .hub import push_to_hub
-
         return push_to_hub(self, repo_id, **kwargs)
 
     @classmethod
@@ -691,154 +614,4 @@ class CPRFL(nn.Module):
         Returns:
             The model (in training mode, as timm returns models).
         """
-        from .hub import load_pretrained
-
         return load_pretrained(repo_id_or_path, revision, **kwargs)
-
-
-# ---------------------------------------------------------------------- timm registration
-_HEAD_ARGS = frozenset(
-    {
-        "backbone",
-        "class_names",
-        "text_embeddings",
-        "embed_dim",
-        "dim",
-        "num_heads",
-        "head_dim",
-        "mlp_hidden_dim",
-        "qkv_bias",
-        "drop_rate",
-        "attn_drop_rate",
-        "pi_mlp_ratio",
-        "pi_linear",
-        "detach_classifier_prompts",
-        "detach_refined_features",
-        "cosine_classifier",
-        "pretrained_backbone",
-        "backbone_kwargs",
-        "img_size",
-        "in_chans",
-        "num_classes",
-        "global_pool",
-        "text_encoder_cfg",
-        "trainable_text_encoder",
-        "text_tower",
-        "thresholds",
-    }
-)
-
-
-def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return {
-        "num_classes": None,
-        "input_size": None,
-        "mean": None,
-        "std": None,
-        "interpolation": None,
-        "crop_pct": None,
-        "classifier": None,
-        "first_conv": None,
-        "license": "apache-2.0",
-        "paper_ids": "arXiv:2408.08125",
-        "paper_name": "Category-Prompt Refined Feature Learning for Long-Tailed Multi-Label "
-        "Image Classification",
-        **kwargs,
-    }
-
-
-default_cfgs = generate_default_cfgs(
-    {
-        "cprfl": _cfg(),
-        "cprfl_resnet50": _cfg(input_size=(3, 448, 448), first_conv="backbone.conv1"),
-        "cprfl_resnet101": _cfg(input_size=(3, 448, 448), first_conv="backbone.conv1"),
-        "cprfl_vit_base_patch16_224": _cfg(first_conv="backbone.patch_embed.proj"),
-    }
-)
-
-
-def _has_weight_source(cfg: dict[str, Any]) -> bool:
-    return any(cfg.get(k) for k in ("hf_hub_id", "url", "file", "state_dict"))
-
-
-def _create_cprfl(variant: str, pretrained: bool = False, **kwargs: Any) -> CPRFL:
-    """Build a CPRFL model through timm's builder, so hub configs and weights load as usual.
-
-    ``pretrained=True`` loads complete CPRFL weights (class embeddings included) from the
-    resolved pretrained config; ``pretrained_backbone=True`` only loads the backbone's weights.
-    Otherwise the class embeddings are computed (see :func:`cprfl_zoo.text.prepare_text_inputs`)
-    unless given; ``text_encoder``, ``text_pretrained``, ``templates``, ``normalize_embeddings``
-    and ``embed_cache_dir`` choose how.
-    """
-    # hub reads and checks saved models, which needs this module: imported here, not at the top.
-    from .hub import check_saved_model_args, pretrained_filter, saved_config_name
-    from .text import pop_text_encoder_kwargs, prepare_text_inputs
-
-    text_kwargs = pop_text_encoder_kwargs(kwargs)
-    verify_checksum = bool(kwargs.pop("verify_checksum", True))
-    build_args = {
-        k: kwargs.pop(k)
-        for k in ("pretrained_cfg", "pretrained_cfg_overlay", "pretrained_model_args", "cache_dir")
-        if k in kwargs
-    }
-    if "pretrained_model_args" in build_args:  # timm read them from a saved config.json
-        where = saved_config_name(build_args.get("pretrained_cfg"))
-        check_saved_model_args(build_args["pretrained_model_args"], where)
-    model_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _HEAD_ARGS}
-    if kwargs:
-        backbone_kwargs = dict(model_kwargs.get("backbone_kwargs") or {})
-        backbone_kwargs.update(kwargs)
-        model_kwargs["backbone_kwargs"] = backbone_kwargs
-    if pretrained:
-        model_kwargs["pretrained_backbone"] = False
-    prepare_text_inputs(model_kwargs, text_kwargs, pretrained=pretrained)
-    model = build_model_with_cfg(
-        CPRFL,
-        variant,
-        pretrained,
-        pretrained_strict=True,
-        pretrained_filter_fn=functools.partial(
-            pretrained_filter,
-            cache_dir=build_args.get("cache_dir"),
-            verify_checksum=verify_checksum,
-        ),
-        **build_args,
-        **model_kwargs,
-    )
-    cfg = dict(model.pretrained_cfg)
-    if not _has_weight_source(cfg):
-        data = model.backbone_data_config()
-        for key, value in data.items():
-            if cfg.get(key) is None or key == "fixed_input_size":
-                cfg[key] = value
-        model.pretrained_cfg = model.default_cfg = cfg
-    return model
-
-
-@register_model
-def cprfl(pretrained: bool = False, **kwargs: Any) -> CPRFL:
-    """CPRFL on any timm backbone, given as ``backbone="<timm model name>"``."""
-    if "backbone" not in kwargs:
-        raise ValueError("the generic 'cprfl' model needs backbone='<timm model name>'")
-    return _create_cprfl("cprfl", pretrained=pretrained, **kwargs)
-
-
-@register_model
-def cprfl_resnet50(pretrained: bool = False, **kwargs: Any) -> CPRFL:
-    """CPRFL on ResNet-50 at 448 px."""
-    kwargs.setdefault("backbone", "resnet50")
-    return _create_cprfl("cprfl_resnet50", pretrained=pretrained, **kwargs)
-
-
-@register_model
-def cprfl_resnet101(pretrained: bool = False, **kwargs: Any) -> CPRFL:
-    """CPRFL on ResNet-101 at 448 px, the paper's setting."""
-    kwargs.setdefault("backbone", "resnet101")
-    return _create_cprfl("cprfl_resnet101", pretrained=pretrained, **kwargs)
-
-
-@register_model
-def cprfl_vit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> CPRFL:
-    """CPRFL on ViT-B/16."""
-    kwargs.setdefault("backbone", "vit_base_patch16_224")
-    return _create_cprfl("cprfl_vit_base_patch16_224", pretrained=pretrained, **kwargs)

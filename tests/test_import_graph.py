@@ -1,7 +1,8 @@
-"""The package's module-level imports form no circle.
+"""The package's imports form no circle, neither at module level nor inside functions.
 
-Only imports that run when a module is imported count: those inside functions and under
-``if TYPE_CHECKING:`` run later (or never), so they cannot leave a module half-initialised.
+Imports under ``if TYPE_CHECKING:`` never run and do not count. A module-level circle can leave
+a module half-initialised; a function-level one is a dependency circle all the same (each module
+needs the other), so both are checked.
 """
 
 from __future__ import annotations
@@ -48,6 +49,21 @@ def _module_level_imports(body: list[ast.stmt]) -> list[ast.Import | ast.ImportF
     return found
 
 
+def _all_imports(body: list[ast.stmt]) -> list[ast.Import | ast.ImportFrom]:
+    """Every import statement, in functions too, except under ``if TYPE_CHECKING:``."""
+    found: list[ast.Import | ast.ImportFrom] = []
+    for node in body:
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            found += _all_imports(node.orelse)
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append(node)
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.stmt):
+                found += _all_imports([child])
+    return found
+
+
 def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool) -> set[str]:
     """Package modules a statement imports (``from . import x`` names the submodule x)."""
     if isinstance(node, ast.Import):
@@ -63,15 +79,16 @@ def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool) -
     return {n for n in names if n == PACKAGE or n.startswith(PACKAGE + ".")}
 
 
-def import_graph() -> dict[str, set[str]]:
-    """Module name -> package modules it imports at module level."""
+def import_graph(*, in_functions: bool = False) -> dict[str, set[str]]:
+    """Module name -> package modules it imports (at module level, or anywhere)."""
     paths = {_module_name(p): p for p in sorted(PACKAGE_DIR.rglob("*.py"))}
     graph: dict[str, set[str]] = {}
     for module, path in paths.items():
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         is_package = path.name == "__init__.py"
         edges: set[str] = set()
-        for node in _module_level_imports(tree.body):
+        imports = _all_imports(tree.body) if in_functions else _module_level_imports(tree.body)
+        for node in imports:
             edges |= {t for t in _targets(node, module, is_package) if t in paths}
         graph[module] = edges - {module}
     return graph
@@ -118,6 +135,10 @@ def test_graph_reads_module_level_imports_only() -> None:
     for node in _module_level_imports(tree.body):
         found |= _targets(node, f"{PACKAGE}.mod", is_package=False)
     assert found == {f"{PACKAGE}.x", f"{PACKAGE}.x.y", PACKAGE, f"{PACKAGE}.tried"}
+    everywhere = set()
+    for node in _all_imports(tree.body):
+        everywhere |= _targets(node, f"{PACKAGE}.mod", is_package=False)
+    assert everywhere == found | {f"{PACKAGE}.lazy", f"{PACKAGE}.lazy.w"}
 
 
 def test_graph_sees_the_package_modules() -> None:
@@ -132,10 +153,31 @@ def test_no_import_cycle() -> None:
         pytest.fail("module-level import cycle: " + " -> ".join(cycle))
 
 
+def test_no_import_cycle_through_functions() -> None:
+    cycle = find_cycle(import_graph(in_functions=True))
+    if cycle:
+        pytest.fail("import cycle (counting imports inside functions): " + " -> ".join(cycle))
+
+
 @pytest.mark.parametrize(
     ("module", "forbidden"),
-    [("hub", "model"), ("model", "hub"), ("text", "model"), ("classes", "model")],
+    [
+        ("hub", "model"),
+        ("checkpoint", "model"),
+        ("deploy", "model"),
+        ("text", "model"),
+        ("classes", "model"),
+        ("head_config", "model"),
+    ],
 )
 def test_named_circles_are_gone(module: str, forbidden: str) -> None:
-    """The two circles of issue 12 (model <-> hub, model <-> text) stay cut at module level."""
-    assert f"{PACKAGE}.{forbidden}" not in import_graph()[f"{PACKAGE}.{module}"]
+    """The circles of issue 12 (model <-> hub, model <-> deploy, model <-> text) stay cut."""
+    graph = import_graph(in_functions=True)
+    name = f"{PACKAGE}.{module}"
+    inside = {m for m in graph if m == name or m.startswith(name + ".")}
+    assert inside, f"no module {name}"
+    assert all(f"{PACKAGE}.{forbidden}" not in graph[m] for m in inside)
+
+
+def test_model_imports_its_collaborators_at_module_level() -> None:
+    assert {f"{PACKAGE}.hub", f"{PACKAGE}.deploy"} <= import_graph()[f"{PACKAGE}.model"]

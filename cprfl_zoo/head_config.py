@@ -1,0 +1,223 @@
+"""The CPRFL head's configuration: one record of its widths, rates and options.
+
+:class:`HeadConfig` is the single description of the head that :class:`~cprfl_zoo.model.CPRFL`
+is built from, that ``config.json`` stores (inside ``model_args``) and that the loaders check.
+Its names follow timm: ``embed_dim`` is the model's width d (the projected tokens, the prompts
+and the VSI), as in timm's ViT and Swin. The width m of the class text embeddings is
+``text_dim``.
+
+Up to 0.1.0 the head width was called ``dim`` and the text width ``embed_dim``.
+:func:`upgrade_legacy_args` translates that spelling: silently for a saved config, with a
+``FutureWarning`` for arguments a user passes (accepted until 0.3.0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "COSINE_EPS",
+    "HEAD_FIELDS",
+    "MODEL_ARGS",
+    "HeadConfig",
+    "upgrade_legacy_args",
+    "validate_head_args",
+]
+
+_SIZE_ARGS = ("text_dim", "embed_dim", "num_heads", "head_dim", "mlp_hidden_dim", "in_chans")
+_RATE_ARGS = ("drop_rate", "attn_drop_rate")
+_BOOL_ARGS = (
+    "qkv_bias",
+    "pi_linear",
+    "detach_classifier_prompts",
+    "detach_refined_features",
+    "cosine_classifier",
+    "pretrained_backbone",
+    "trainable_text_encoder",
+)
+_LEGACY_HEAD_WIDTH = "dim"
+
+COSINE_EPS = 1e-6
+"""eps of the opt-in cosine classifier's norms (``torch.nn.functional.cosine_similarity``'s)."""
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Widths, rates and options of the CPRFL head (φ, PI, VSI and the classifier).
+
+    Args:
+        text_dim: Width m of the class text embeddings W (the PI input).
+        embed_dim: Width d of the projected tokens, the prompts and the VSI (2048).
+        num_heads: VSI attention heads (8).
+        head_dim: Width of each VSI head (512).
+        mlp_hidden_dim: Hidden width of the VSI FFN (2048).
+        qkv_bias: Bias on the VSI qkv projection (False, as the official code).
+        drop_rate: Dropout in the VSI (0.1).
+        attn_drop_rate: Dropout on VSI attention weights (0).
+        pi_mlp_ratio: PI hidden width as a fraction of d (τ = 0.5).
+        pi_linear: Use the single-Linear PI variant.
+        detach_classifier_prompts: Stop gradients through the classifier path ``p_i``
+            (the official ``no_cls_grad`` ablation).
+        detach_refined_features: Stop gradients through the refined features ``p'_i``
+            (the official ``no_feature_grad`` ablation).
+        cosine_classifier: Opt-in, not in the paper: score class *i* as
+            ``s * cos(p'_i, p_i) + b`` with a learned scale ``s`` (``logit_scale``, stored as its
+            log, initially 10) and a learned bias ``b`` shared by all classes, instead of the
+            unnormalised ``p'_i . p_i`` (a normalised classifier, as in Gidaris & Komodakis,
+            CVPR 2018, and Kang et al., ICLR 2020, for long-tailed recognition).
+
+    Raises:
+        ValueError: Naming the first field that is out of range or of the wrong type.
+    """
+
+    text_dim: int
+    embed_dim: int = 2048
+    num_heads: int = 8
+    head_dim: int = 512
+    mlp_hidden_dim: int = 2048
+    qkv_bias: bool = False
+    drop_rate: float = 0.1
+    attn_drop_rate: float = 0.0
+    pi_mlp_ratio: float = 0.5
+    pi_linear: bool = False
+    detach_classifier_prompts: bool = False
+    detach_refined_features: bool = False
+    cosine_classifier: bool = False
+
+    def __post_init__(self) -> None:
+        validate_head_args(self.to_dict(), strict_types=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the fields as a JSON-serialisable dict (the head part of ``model_args``)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, args: Mapping[str, Any]) -> HeadConfig:
+        """Build from a mapping holding (at least) the head fields; other keys are ignored.
+
+        Args:
+            args: E.g. a saved ``model_args``, already in the current spelling.
+
+        Returns:
+            The config.
+        """
+        return cls(**{k: args[k] for k in HEAD_FIELDS if k in args})
+
+
+HEAD_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(HeadConfig))
+"""The names of :class:`HeadConfig`'s fields, in order."""
+
+MODEL_ARGS: frozenset[str] = frozenset(HEAD_FIELDS) | {
+    "backbone",
+    "class_names",
+    "text_embeddings",
+    "pretrained_backbone",
+    "backbone_kwargs",
+    "img_size",
+    "in_chans",
+    "num_classes",
+    "global_pool",
+    "text_encoder_cfg",
+    "trainable_text_encoder",
+    "text_tower",
+    "thresholds",
+}
+"""Every argument of :class:`~cprfl_zoo.model.CPRFL`; the keys a saved ``model_args`` may hold."""
+
+
+def upgrade_legacy_args(args: Mapping[str, Any], *, warn: bool) -> dict[str, Any]:
+    """Translate the 0.1.0 spelling (``dim`` = head width, ``embed_dim`` = text width).
+
+    Arguments without ``dim`` are already in the current spelling and come back unchanged.
+
+    Args:
+        args: CPRFL arguments, or a saved ``model_args``.
+        warn: Emit a ``FutureWarning`` (for arguments a user passed; a saved config is
+            translated silently).
+
+    Returns:
+        A new dict with ``embed_dim`` = the head width and ``text_dim`` = the text width.
+
+    Raises:
+        ValueError: If ``dim`` is given together with ``text_dim``, which mixes the two
+            spellings.
+    """
+    out = dict(args)
+    if _LEGACY_HEAD_WIDTH not in out:
+        return out
+    if "text_dim" in out:
+        raise ValueError(
+            "dim= (the 0.1.0 name of the head width) cannot be combined with text_dim=; pass "
+            "embed_dim= for the head width d and text_dim= for the text-embedding width m"
+        )
+    width = out.pop(_LEGACY_HEAD_WIDTH)
+    if "embed_dim" in out:
+        out["text_dim"] = out.pop("embed_dim")
+    out["embed_dim"] = width
+    if warn:
+        warnings.warn(
+            "dim= is deprecated and will be removed in 0.3.0: the head width d is now "
+            "embed_dim= (timm's meaning), and the text-embedding width, formerly embed_dim=, "
+            "is now text_dim=",
+            FutureWarning,
+            stacklevel=3,
+        )
+    return out
+
+
+def validate_head_args(args: Mapping[str, Any], *, strict_types: bool = False) -> None:
+    """Check the head sizes and rates among CPRFL's arguments (only the keys present).
+
+    Sizes (``text_dim``, ``embed_dim``, ``num_heads``, ``head_dim``, ``mlp_hidden_dim``,
+    ``in_chans``) must be positive ints: timm's ``Mlp`` would read ``mlp_hidden_dim=0`` as
+    "the input width". Dropout rates must be in [0, 1) and ``pi_mlp_ratio`` a positive number.
+    Each message starts with the argument's name.
+
+    Args:
+        args: Argument name to value (``text_dim=None`` is skipped: it is inferred from the
+            class embeddings).
+        strict_types: Also require the flags (``qkv_bias``, ``pi_linear``, ...) to be bools,
+            as in a saved config, where the string ``"false"`` would read as true.
+
+    Raises:
+        ValueError: Naming the first argument that is out of range or of the wrong type.
+    """
+    for key in _SIZE_ARGS:
+        value = args.get(key)
+        if key not in args or (value is None and key == "text_dim"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+            raise ValueError(f"{key} must be a positive int, got {value!r}{_type_note(value)}")
+    for key in _RATE_ARGS:
+        if key in args:
+            value = args[key]
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+                raise ValueError(
+                    f"{key} must be a number in [0, 1), got {value!r}{_type_note(value)}"
+                )
+    if "pi_mlp_ratio" in args:
+        value = args["pi_mlp_ratio"]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or not (math.isfinite(value) and value > 0)
+        ):
+            raise ValueError(
+                f"pi_mlp_ratio must be a positive number, got {value!r}{_type_note(value)}"
+            )
+    if strict_types:
+        for key in _BOOL_ARGS:
+            if key in args and not isinstance(args[key], bool):
+                raise ValueError(
+                    f"{key} must be true or false, got {args[key]!r}{_type_note(args[key])}"
+                )
+
+
+def _type_note(value: Any) -> str:
+    return "" if isinstance(value, (int, float)) else f" ({type(value).__name__})"

@@ -8,7 +8,7 @@ import torch
 # Two cores are shared by the test processes; one torch thread each keeps them from thrashing.
 torch.set_num_threads(int(os.environ.get("CPRFL_TEST_THREADS", "1")))
 
-TINY_HEAD = {"dim": 32, "num_heads": 2, "head_dim": 8, "mlp_hidden_dim": 24}
+TINY_HEAD = {"embed_dim": 32, "num_heads": 2, "head_dim": 8, "mlp_hidden_dim": 24}
 
 
 def tiny_cprfl(class_names: list[str], text_dim: int = 16, **kwargs):

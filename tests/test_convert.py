@@ -309,8 +309,8 @@ def test_converted_architecture_and_provenance(converted: CPRFL, checkpoint: Pat
     args = converted.model_args
     assert args["backbone"] == "resnet101"
     assert converted.pretrained_cfg["architecture"] == "cprfl_resnet101"
-    assert (args["dim"], args["num_heads"], args["head_dim"]) == (DIM, HEADS, DIM_HEAD)
-    assert (args["mlp_hidden_dim"], args["embed_dim"]) == (MLP_DIM, TEXT["out"])
+    assert (args["embed_dim"], args["num_heads"], args["head_dim"]) == (DIM, HEADS, DIM_HEAD)
+    assert (args["mlp_hidden_dim"], args["text_dim"]) == (MLP_DIM, TEXT["out"])
     assert args["pi_linear"] is False and args["pi_mlp_ratio"] == 0.5
     cfg = converted.text_encoder_cfg
     assert cfg["templates"] == ["a photo of a {}."]

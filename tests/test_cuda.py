@@ -10,7 +10,7 @@ from cprfl_zoo import AsymmetricLoss, create_cprfl
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-HEAD = {"dim": 256, "num_heads": 8, "head_dim": 64, "mlp_hidden_dim": 256}
+HEAD = {"embed_dim": 256, "num_heads": 8, "head_dim": 64, "mlp_hidden_dim": 256}
 
 
 def _model(backbone: str = "test_resnet", classes: int = 20, **kwargs):
@@ -74,7 +74,7 @@ def test_cuda_inductor_compile_matches_eager():
 
 def test_cuda_ten_thousand_classes_train_step():
     torch.cuda.reset_peak_memory_stats()
-    model = _model(classes=10_000, **{"dim": 2048, "head_dim": 512, "mlp_hidden_dim": 2048})
+    model = _model(classes=10_000, **{"embed_dim": 2048, "head_dim": 512, "mlp_hidden_dim": 2048})
     x = torch.randn(4, 3, 160, 160, device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
         logits = model(x)

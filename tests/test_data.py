@@ -366,7 +366,7 @@ def test_timm_recipe_on_a_cprfl_model():
         class_names=list("abcde"),
         text_embeddings=torch.randn(5, 16),
         pretrained_backbone=False,
-        dim=32,
+        embed_dim=32,
         num_heads=2,
         head_dim=8,
         mlp_hidden_dim=24,

@@ -120,7 +120,7 @@ def test_head_boundary_is_the_models(tiny_head):
         assert_rel_close(deployed.forward_head(tokens), model.forward_head(tokens))
         assert_rel_close(deployed.forward_head(tokens), deployed(x))
     with pytest.raises(ValueError, match=r"backbone tokens of shape \(B, v, "):
-        deployed.forward_head(torch.randn(3, 4, tiny_head["dim"]))
+        deployed.forward_head(torch.randn(3, 4, tiny_head["embed_dim"]))
 
 
 def test_detach_flags_do_not_change_eval_logits(tiny_head):

@@ -24,6 +24,7 @@ import cprfl_zoo
 import cprfl_zoo.hub as hub
 import cprfl_zoo.model as model_module
 from cprfl_zoo import CPRFL, create_cprfl
+from cprfl_zoo.head_config import HEAD_FIELDS, MODEL_ARGS
 from cprfl_zoo.hub import CheckpointMismatchError
 
 NAMES = ["cat", "dog", "traffic_light", "teddy bear", "zebra"]
@@ -39,7 +40,7 @@ def _make_model(seed: int = 0, names: list[str] = NAMES) -> CPRFL:
         class_names=names,
         text_embeddings=torch.randn(len(names), 16),
         pretrained_backbone=False,
-        dim=32,
+        embed_dim=32,
         num_heads=2,
         head_dim=8,
         mlp_hidden_dim=24,
@@ -118,7 +119,7 @@ def test_saved_folder_layout_and_config(model: CPRFL, saved: Path) -> None:
     assert args["backbone"] == "test_resnet"
     assert args["class_names"] == NAMES
     assert args["text_encoder_cfg"] == TEXT_CFG
-    assert (args["embed_dim"], args["dim"], args["num_heads"], args["head_dim"]) == (16, 32, 2, 8)
+    assert (args["text_dim"], args["embed_dim"], args["num_heads"], args["head_dim"]) == (16, 32, 2, 8)
     assert args["mlp_hidden_dim"] == 24
     pcfg = cfg["pretrained_cfg"]
     assert pcfg["hf_hub_filename"] == "model.safetensors"
@@ -134,7 +135,7 @@ def test_saved_folder_layout_and_config(model: CPRFL, saved: Path) -> None:
     assert meta["format"] == "pt"
     assert json.loads(meta["cprfl_class_names"]) == NAMES
     head = json.loads(meta["cprfl_head"])
-    assert (head["embed_dim"], head["dim"], head["num_heads"], head["head_dim"]) == (16, 32, 2, 8)
+    assert (head["text_dim"], head["embed_dim"], head["num_heads"], head["head_dim"]) == (16, 32, 2, 8)
     assert head["mlp_hidden_dim"] == 24
     digest = hashlib.sha256((saved / "model.safetensors").read_bytes()).hexdigest()
     assert cfg["weights_sha256"] == digest
@@ -185,7 +186,7 @@ def test_bad_card_inputs(model: CPRFL, tmp_path: Path, kwargs, error, match) -> 
 
 def test_model_from_module_instance_cannot_be_saved(tmp_path: Path) -> None:
     backbone = timm.create_model("test_resnet", num_classes=0, global_pool="")
-    m = CPRFL(backbone, NAMES, torch.randn(5, 8), dim=16, num_heads=2, head_dim=4)
+    m = CPRFL(backbone, NAMES, torch.randn(5, 8), embed_dim=16, num_heads=2, head_dim=4)
     with pytest.raises(ValueError, match="backbone module instance"):
         m.save_pretrained(tmp_path / "m")
 
@@ -304,7 +305,7 @@ def test_unexpected_tensor_is_named(saved: Path, tmp_path: Path) -> None:
 def test_shape_disagreeing_with_config_is_named(saved: Path, tmp_path: Path) -> None:
     folder = Path(shutil.copytree(saved, tmp_path / "m"))
     cfg = json.loads((folder / "config.json").read_text())
-    cfg["model_args"]["embed_dim"] = 8
+    cfg["model_args"]["text_dim"] = 8
     (folder / "config.json").write_text(json.dumps(cfg))
     match = (
         r"shape mismatches: class_embeddings \(file \(5, 16\), config \(5, 8\)\), "
@@ -681,7 +682,10 @@ def _set_args(**values):
         (lambda c: c.update(model_args=[1, 2]), r"model_args must be an object .*got list"),
         (lambda c: c.pop("model_args"), r"config\.json: the field 'model_args' is missing"),
         (_set_args(nope=1), r"model_args has unknown key\(s\) \['nope'\]; expected arguments"),
-        (_set_args(dim="32"), r"config\.json: model_args\.dim must be a positive int, got '32'"),
+        (
+            _set_args(embed_dim="32"),
+            r"config\.json: model_args\.embed_dim must be a positive int, got '32'",
+        ),
         (_set_args(mlp_hidden_dim=0), r"model_args\.mlp_hidden_dim must be a positive int"),
         (_set_args(drop_rate=1.5), r"model_args\.drop_rate must be a number in \[0, 1\)"),
         (_set_args(qkv_bias="false"), r"model_args\.qkv_bias must be true or false"),
@@ -735,10 +739,10 @@ def test_timm_loader_checks_saved_model_args_too(saved: Path, tmp_path: Path) ->
 
 
 def test_unknown_key_check_follows_the_signature(saved: Path, tmp_path: Path) -> None:
-    # keys that exist in CPRFL.__init__ are accepted, even ones added after this test was written
-    params = set(inspect.signature(CPRFL.__init__).parameters) - {"self"}
-    assert params <= hub._allowed_model_args()
-    assert {"backbone", "class_names", "dim", "text_encoder_cfg"} <= hub._allowed_model_args()
+    # arguments of CPRFL.__init__ and head fields are accepted, even ones added after this test
+    params = set(inspect.signature(CPRFL.__init__).parameters) - {"self", "head_cfg", "head_args"}
+    assert params | set(HEAD_FIELDS) <= MODEL_ARGS
+    assert {"backbone", "class_names", "embed_dim", "text_dim", "text_encoder_cfg"} <= MODEL_ARGS
 
 
 @pytest.mark.parametrize(

@@ -278,7 +278,7 @@ def test_fashion_mnist_dir_must_hold_the_files(tmp_path):
 # ---------------------------------------------------------------------- methods
 def test_build_method_trains_only_the_head_and_uses_the_text_encoder():
     cfg = lt_multilabel.config_for(
-        True, head={"dim": 32, "num_heads": 2, "head_dim": 8, "mlp_hidden_dim": 24}
+        True, head={"embed_dim": 32, "num_heads": 2, "head_dim": 8, "mlp_hidden_dim": 24}
     )
     from cprfl_zoo.backbone import create_backbone
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import cprfl_zoo
-from cprfl_zoo import CPRFL, create_cprfl
+from cprfl_zoo import CPRFL, HeadConfig, create_cprfl
 
 NAMES = ["cat", "dog", "traffic_light", "person", "zebra"]
 
@@ -26,15 +26,15 @@ def test_quickstart_shapes_and_names(tiny_head):
     assert model.class_names == NAMES
     assert model.num_classes == 5
     assert model.num_features == model.backbone.num_features  # timm: forward_features width
-    assert model.head_hidden_size == tiny_head["dim"]  # timm: forward_head(pre_logits) width
+    assert model.head_hidden_size == tiny_head["embed_dim"]  # timm: forward_head(pre_logits) width
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 5)
     assert model(torch.randn(3, 3, 64, 64)).shape == (3, 5)
 
 
 def test_paper_defaults():
-    """Checked on the signature, without building a 2048-wide head."""
-    sig = inspect.signature(CPRFL.__init__).parameters
-    assert sig["dim"].default == 2048
+    """Checked on the head's config record, without building a 2048-wide head."""
+    sig = inspect.signature(HeadConfig).parameters
+    assert sig["embed_dim"].default == 2048
     assert sig["num_heads"].default == 8
     assert sig["head_dim"].default == 512
     assert sig["mlp_hidden_dim"].default == 2048
@@ -50,7 +50,7 @@ def test_pi_network_structure():
         NAMES,
         torch.randn(5, 12),
         pretrained_backbone=False,
-        dim=32,
+        embed_dim=32,
         num_heads=2,
         head_dim=8,
         mlp_hidden_dim=24,
@@ -64,7 +64,7 @@ def test_pi_network_structure():
         torch.randn(5, 12),
         pretrained_backbone=False,
         pi_linear=True,
-        dim=32,
+        embed_dim=32,
         num_heads=2,
         head_dim=8,
         mlp_hidden_dim=24,
@@ -80,7 +80,7 @@ def test_vsi_sizes_follow_arguments():
         NAMES,
         torch.randn(5, 12),
         pretrained_backbone=False,
-        dim=24,
+        embed_dim=24,
         num_heads=3,
         head_dim=5,
         mlp_hidden_dim=7,
@@ -128,7 +128,7 @@ def test_forward_features_and_head(tiny_head):
     feats = model.forward_features(x)
     assert feats.shape == (2, 4, model.backbone.num_features)
     refined = model.forward_head(feats, pre_logits=True)
-    assert refined.shape == (2, 5, tiny_head["dim"])
+    assert refined.shape == (2, 5, tiny_head["embed_dim"])
     torch.testing.assert_close(model.forward_head(feats), (refined * model.get_prompts()).sum(-1))
     torch.testing.assert_close(model(x), model.forward_head(feats))
 
@@ -158,7 +158,7 @@ def test_forward_head_takes_backbone_tokens(tiny_head, backbone):
 def test_forward_head_names_a_wrong_token_width(tiny_head):
     model = make(tiny_head).eval()
     width = model.backbone.num_features
-    projected = torch.randn(2, 4, tiny_head["dim"])
+    projected = torch.randn(2, 4, tiny_head["embed_dim"])
     with pytest.raises(ValueError, match=rf"backbone tokens of shape \(B, v, {width}\)"):
         model.forward_head(projected)
     with pytest.raises(ValueError, match=r"got \(2, 3, 4, 5\)"):
@@ -302,10 +302,10 @@ def test_embedding_count_mismatch(tiny_head):
 
 def test_embedding_width_mismatch(tiny_head):
     model = make(tiny_head)
-    with pytest.raises(ValueError, match="width 10 but this model's PI network expects 12"):
+    with pytest.raises(ValueError, match="width 10 but this model's PI network expects text_dim=12"):
         model.set_classes(["x", "y"], torch.randn(2, 10))
-    with pytest.raises(ValueError, match=r"embed_dim=16 \(the PI input width\)"):
-        make(tiny_head, embed_dim=16)
+    with pytest.raises(ValueError, match=r"text_dim=16 \(the PI input width\)"):
+        make(tiny_head, text_dim=16)
 
 
 def test_non_finite_embeddings(tiny_head):
@@ -332,7 +332,7 @@ def test_pretrained_without_weights_is_an_error(tiny_head):
     # timm's own loader refuses, naming the model, before any random model is returned
     with pytest.raises(RuntimeError, match="No pretrained weights exist for cprfl_resnet50"):
         timm.create_model(
-            "cprfl_resnet50", pretrained=True, class_names=NAMES, embed_dim=12, **tiny_head
+            "cprfl_resnet50", pretrained=True, class_names=NAMES, text_dim=12, **tiny_head
         )
 
 
@@ -350,7 +350,7 @@ def test_version():
     ("override", "match"),
     [
         ({"mlp_hidden_dim": 0}, r"mlp_hidden_dim must be a positive int, got 0"),
-        ({"dim": "32"}, r"dim must be a positive int, got '32' \(str\)"),
+        ({"embed_dim": "32"}, r"embed_dim must be a positive int, got '32' \(str\)"),
         ({"num_heads": 2.0}, r"num_heads must be a positive int, got 2\.0"),
         ({"head_dim": True}, r"head_dim must be a positive int, got True"),
         ({"in_chans": 0}, r"in_chans must be a positive int, got 0"),
@@ -383,7 +383,7 @@ def test_float64_embeddings_beyond_float32_are_refused(tiny_head):
 @pytest.mark.parametrize(
     ("embeddings", "exc", "match"),
     [
-        (torch.randn(5, 0), ValueError, r"width 0 \(shape \(5, 0\)\).*embed_dim >= 1"),
+        (torch.randn(5, 0), ValueError, r"width 0 \(shape \(5, 0\)\).*text_dim >= 1"),
         (torch.randn(5, 12, device="meta"), ValueError, "on the meta device"),
         (torch.randn(5, 12, dtype=torch.complex64), TypeError, "real .*got dtype torch.complex64"),
     ],

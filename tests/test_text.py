@@ -98,7 +98,7 @@ def test_defaults_resolve_to_the_official_encoder(online, monkeypatch: pytest.Mo
         "test_resnet",
         class_names=["traffic_light", "dog"],
         pretrained_backbone=False,
-        dim=32,
+        embed_dim=32,
         num_heads=2,
         head_dim=8,
         mlp_hidden_dim=24,
@@ -463,14 +463,14 @@ def test_create_cprfl_text_kwargs_and_cache_dir(tiny: Path, online, tmp_path: Pa
         text_encoder=TINY_NAME,
         text_pretrained=tiny,
         embed_cache_dir=tmp_path / "emb",
-        dim=32,
+        embed_dim=32,
         num_heads=2,
         head_dim=8,
         mlp_hidden_dim=24,
     )
     ref = reference_text_features(tiny, official_prompts(names))
     torch.testing.assert_close(model.class_embeddings, ref, atol=1e-5, rtol=1e-5)
-    assert model.embed_dim == 16 and model.prompt_init.in_dim == 16  # m sets the PI input width
+    assert model.text_dim == 16 and model.prompt_init.in_dim == 16  # m sets the PI input width
     assert len(list((tmp_path / "emb").glob("*.safetensors"))) == 1
     cfg = model.text_encoder_cfg
     assert cfg["model_name"] == TINY_NAME and cfg["pretrained"] == str(tiny.resolve())
@@ -482,7 +482,7 @@ def test_create_cprfl_text_kwargs_and_cache_dir(tiny: Path, online, tmp_path: Pa
         backbone="test_resnet",
         class_names=names,
         text_encoder_cfg=cfg,
-        dim=32,
+        embed_dim=32,
         num_heads=2,
         head_dim=8,
         mlp_hidden_dim=24,
@@ -505,7 +505,7 @@ def test_set_classes_without_embeddings_uses_the_recorded_encoder(tiny: Path, on
         pretrained_backbone=False,
         text_encoder=TINY_NAME,
         text_pretrained=tiny,
-        dim=32,
+        embed_dim=32,
         num_heads=2,
         head_dim=8,
         mlp_hidden_dim=24,
@@ -538,12 +538,12 @@ def test_callable_text_encoder(online) -> None:
         class_names=names,
         pretrained_backbone=False,
         text_encoder=enc,
-        dim=32,
+        embed_dim=32,
         num_heads=2,
         head_dim=8,
         mlp_hidden_dim=24,
     )
-    assert torch.equal(model.class_embeddings, enc(names)) and model.embed_dim == 26
+    assert torch.equal(model.class_embeddings, enc(names)) and model.text_dim == 26
     assert model.text_encoder_cfg["model_name"] == "custom:test_text._BagOfLetters"
     json.dumps(model.model_args)
     assert list(default_cache_dir().glob("*")) == []  # a callable is never cached
@@ -568,7 +568,7 @@ def _trainable(tiny: Path, names: list[str]) -> CPRFL:
         text_encoder=TINY_NAME,
         text_pretrained=tiny,
         trainable_text_encoder=True,
-        dim=32,
+        embed_dim=32,
         num_heads=2,
         head_dim=8,
         mlp_hidden_dim=24,
@@ -692,9 +692,9 @@ def test_trainable_set_classes_and_errors(tiny: Path, online) -> None:
         CPRFL(
             "test_resnet",
             ["a"],
-            embed_dim=16,
+            text_dim=16,
             trainable_text_encoder=True,
-            dim=32,
+            embed_dim=32,
             num_heads=2,
             head_dim=8,
             mlp_hidden_dim=24,

@@ -338,6 +338,10 @@ class ImageListEntries:
 _CLASS_ID = re.compile(r"-?[0-9]+")
 
 
+# The id that marks a ``name id`` line of a label file.
+_LABEL_ID = re.compile(r"[0-9]+")
+
+
 def _parse_class_id(token: str) -> int | None:
     return int(token) if _CLASS_ID.fullmatch(token) else None
 
@@ -478,8 +482,12 @@ def read_label_file(path: PathLike) -> list[str]:
             or the ids are not ``0 .. C-1`` (the message names file and line).
     """
     source = Path(path)
+    return _parse_label_lines(source, read_text_lines(source, "label file"))
+
+
+def _parse_label_lines(source: Path, lines: Sequence[str]) -> list[str]:
     names: dict[int, str] = {}
-    for lineno, line in enumerate(read_text_lines(source, "label file"), start=1):
+    for lineno, line in enumerate(lines, start=1):
         fields = line.split()
         if not fields:
             continue
@@ -536,12 +544,12 @@ def read_class_names(source: PathLike) -> list[str]:
             raise FileNotFoundError(
                 f"{source}: no such file, and not a built-in list (coco-lt, voc-lt)"
             ) from None
-    names = [line.strip() for line in read_text_lines(path, "classes file")]
-    names = [name for name in names if name]
+    lines = read_text_lines(path, "classes file")
+    names = [name for line in lines if (name := line.strip())]
     if not names:
         raise ValueError(f"{source}: the file holds no class names")
-    if all(len(n.split()) > 1 and n.split()[-1].isdigit() for n in names):
-        return read_label_file(path)
+    if all(len(f := n.split()) > 1 and _LABEL_ID.fullmatch(f[-1]) for n in names):
+        return _parse_label_lines(path, lines)
     try:
         return validate_class_inputs(names)
     except ValueError as e:

@@ -511,3 +511,30 @@ def test_read_class_names_one_behaviour_for_cli_and_train(tmp_path: Path) -> Non
         read_class_names(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"no such file, and not a built-in list"):
         read_class_names(tmp_path / "nope.txt")
+
+
+@pytest.mark.parametrize("digit", ["\u00b2", "\u0663", "\uff11"])
+def test_read_class_names_sniffs_label_files_by_ascii_digits(tmp_path: Path, digit: str) -> None:
+    # str.isdigit() takes '²', '٣' and '１': such a file is class names, not a malformed label file
+    from cprfl_zoo.data import read_class_names
+
+    path = tmp_path / "classes.txt"
+    path.write_text(f"cat {digit}\ndog 0\n", encoding="utf-8")
+    assert read_class_names(path) == [f"cat {digit}", "dog 0"]
+
+
+def test_read_class_names_reads_a_label_file_once(tmp_path: Path, monkeypatch) -> None:
+    import cprfl_zoo.data as data_module
+
+    calls: list[Path] = []
+    read = data_module.read_text_lines
+
+    def counting(path, what):
+        calls.append(Path(path))
+        return read(path, what)
+
+    monkeypatch.setattr(data_module, "read_text_lines", counting)
+    path = tmp_path / "labels.txt"
+    path.write_text("cat 1\ntraffic light 0\n", encoding="utf-8")
+    assert data_module.read_class_names(path) == ["traffic light", "cat"]
+    assert calls == [path]

@@ -524,7 +524,7 @@ def test_read_class_names_sniffs_label_files_by_ascii_digits(tmp_path: Path, dig
 
 
 def test_read_class_names_reads_a_label_file_once(tmp_path: Path, monkeypatch) -> None:
-    import cprfl_zoo.data as data_module
+    import cprfl_zoo.data.image_list as data_module
 
     calls: list[Path] = []
     read = data_module.read_text_lines

@@ -431,8 +431,9 @@ def read_class_counts(path: str, num_classes: int) -> list[int]:
     except (OSError, ValueError) as e:
         raise CommandError(f"--class-freq {e}") from None
     text = "\n".join(lines).strip()
+    stripped = [s.strip() for s in lines]
     try:
-        values = json.loads(text) if text.startswith("[") else [s.strip() for s in lines if s]
+        values = json.loads(text) if text.startswith("[") else [s for s in stripped if s]
     except json.JSONDecodeError as e:
         raise CommandError(f"--class-freq {path}: not a valid JSON list ({e.msg})") from None
     counts = []

@@ -17,7 +17,13 @@ from tiny_clip import (
 
 from cprfl_zoo import encode_class_names
 from cprfl_zoo.class_lists import VOC_LT_CLASSES
-from cprfl_zoo.cli import CommandError, build_parser, main, read_class_names
+from cprfl_zoo.cli import (
+    CommandError,
+    build_parser,
+    main,
+    read_class_counts,
+    read_class_names,
+)
 from cprfl_zoo.text_cache import default_cache_dir, load_embeddings_file
 
 
@@ -188,6 +194,19 @@ def test_read_class_names_bad_files(tmp_path: Path) -> None:
     path.write_bytes(b"cat\nd\xf6g\n")
     with pytest.raises(CommandError, match=r"--classes .*c\.txt:2: not UTF-8 text \(byte 0xf6"):
         read_class_names(str(path))
+
+
+def test_read_class_counts_skips_whitespace_only_lines(tmp_path: Path) -> None:
+    # a line of spaces (or the lone CR of a CRLF file's last line) used to be entry '' and fail
+    path = tmp_path / "freq.txt"
+    path.write_bytes(b"5\r\n  \r\n7\r\n\t\n3\r\n\r")
+    assert read_class_counts(str(path), 3) == [5, 7, 3]
+    path.write_text("5\n \n7\n", encoding="utf-8")
+    with pytest.raises(CommandError, match=r"2 counts for a model with 3 classes"):
+        read_class_counts(str(path), 3)
+    path.write_text("5\nx\n7\n", encoding="utf-8")
+    with pytest.raises(CommandError, match=r"entry 2 is 'x', not a whole number"):
+        read_class_counts(str(path), 3)
 
 
 def test_convert_official_reports_a_folder_checkpoint(tmp_path: Path, capsys) -> None:

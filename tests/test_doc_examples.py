@@ -51,13 +51,14 @@ EXEMPT: dict[tuple[str, str], str] = {
     (
         "docs/src/datasets.md",
         "from cprfl_zoo.data import MultiLabelImageList, create_transforms, read_image_list",
-    ): "reads COCO images under /data/coco; tests/test_data.py builds MultiLabelImageList, "
-    "read_image_list and create_transforms on small generated lists",
+    ): "reads COCO images under /data/coco; tests/test_data_image_list.py builds "
+    "MultiLabelImageList and read_image_list, tests/test_data_transforms.py create_transforms, "
+    "on small generated lists",
     (
         "docs/src/datasets.md",
         "from cprfl_zoo.data import create_lt_dataset, download_lt_split, lt_split_path",
-    ): "downloads the official split files and reads COCO images; tests/test_data.py serves "
-    "the download from a local file and checks the digest",
+    ): "downloads the official split files and reads COCO images; tests/test_data_lt_splits.py "
+    "serves the download from a local file and checks the digest",
     (
         "docs/src/metrics.md",
         "import torch",

@@ -119,7 +119,8 @@ def test_saved_folder_layout_and_config(model: CPRFL, saved: Path) -> None:
     assert args["backbone"] == "test_resnet"
     assert args["class_names"] == NAMES
     assert args["text_encoder_cfg"] == TEXT_CFG
-    assert (args["text_dim"], args["embed_dim"], args["num_heads"], args["head_dim"]) == (16, 32, 2, 8)
+    widths = (args["text_dim"], args["embed_dim"], args["num_heads"], args["head_dim"])
+    assert widths == (16, 32, 2, 8)
     assert args["mlp_hidden_dim"] == 24
     pcfg = cfg["pretrained_cfg"]
     assert pcfg["hf_hub_filename"] == "model.safetensors"
@@ -135,7 +136,8 @@ def test_saved_folder_layout_and_config(model: CPRFL, saved: Path) -> None:
     assert meta["format"] == "pt"
     assert json.loads(meta["cprfl_class_names"]) == NAMES
     head = json.loads(meta["cprfl_head"])
-    assert (head["text_dim"], head["embed_dim"], head["num_heads"], head["head_dim"]) == (16, 32, 2, 8)
+    widths = (head["text_dim"], head["embed_dim"], head["num_heads"], head["head_dim"])
+    assert widths == (16, 32, 2, 8)
     assert head["mlp_hidden_dim"] == 24
     digest = hashlib.sha256((saved / "model.safetensors").read_bytes()).hexdigest()
     assert cfg["weights_sha256"] == digest

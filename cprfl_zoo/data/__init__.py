@@ -1,0 +1,54 @@
+"""Multi-label image lists, the COCO-LT / VOC-LT benchmarks, and image transforms.
+
+Every name is importable from ``cprfl_zoo.data``; the package holds one module per part:
+
+* :mod:`cprfl_zoo.data.image_list`: :class:`MultiLabelImageList`, a dataset over a
+  ``relative/path.jpg 3 17 42`` list file (the format of the long-tailed benchmarks, 0-based
+  class ids), returning ``(image, target)`` with a multi-hot float target; per-class frequencies
+  are counted from the list. With it the list, label-file and class-name readers, and
+  :func:`create_lt_dataset`.
+* :mod:`cprfl_zoo.data.lt_splits`: :func:`download_lt_split`, :func:`lt_split_path`,
+  :data:`LT_BENCHMARKS`: the COCO-LT and VOC-LT splits of Wu et al. (ECCV 2020), their class
+  names, where the list files and the images come from.
+* :mod:`cprfl_zoo.data.transforms`: :func:`create_transforms`, timm's preprocessing for a model,
+  or the CPRFL paper's recipe (448 px, Cutout, RandAugment).
+"""
+
+from .image_list import (
+    ImageListEntries,
+    MultiLabelImageList,
+    create_lt_dataset,
+    read_class_names,
+    read_image_list,
+    read_label_file,
+    read_text_lines,
+)
+from .lt_splits import (
+    LT_BENCHMARKS,
+    LT_SPLITS_BASE_URL,
+    LTBenchmark,
+    default_cache_dir,
+    download_lt_split,
+    get_lt_benchmark,
+    lt_split_path,
+)
+from .transforms import RandomCutout, create_transforms
+
+__all__ = [
+    "LT_BENCHMARKS",
+    "LT_SPLITS_BASE_URL",
+    "ImageListEntries",
+    "LTBenchmark",
+    "MultiLabelImageList",
+    "RandomCutout",
+    "create_lt_dataset",
+    "create_transforms",
+    "default_cache_dir",
+    "download_lt_split",
+    "get_lt_benchmark",
+    "lt_split_path",
+    "read_class_names",
+    "read_image_list",
+    "read_label_file",
+    "read_text_lines",
+]

@@ -53,8 +53,6 @@ _NEUTRAL_OPTIONS = frozenset(
         "head_dim",
         "mlp_hidden_dim",
         "qkv_bias",
-        "drop_rate",
-        "attn_drop_rate",
         "pi_mlp_ratio",
         "pi_linear",
         "detach_classifier_prompts",

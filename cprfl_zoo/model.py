@@ -50,6 +50,8 @@ _DATA_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mo
 
 COSINE_INIT_SCALE = 10.0  # initial s of the opt-in cosine classifier
 _LEGACY_ARGS = frozenset({"dim"})
+# Head fields that change training only; not saved, so a loaded model takes the caller's rates.
+_TRAINING_ONLY = ("drop_rate", "attn_drop_rate")
 
 
 def _head_config(
@@ -216,7 +218,7 @@ class CPRFL(nn.Module):
         self._arch_args: dict[str, Any] = {
             "backbone": backbone if isinstance(backbone, str) else None,
             "backbone_kwargs": {k: v for k, v in backbone_kwargs.items() if k != "img_size"},
-            **cfg.to_dict(),
+            **{k: v for k, v in cfg.to_dict().items() if k not in _TRAINING_ONLY},
             "in_chans": in_chans,
             "trainable_text_encoder": text_tower is not None,
         }

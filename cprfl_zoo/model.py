@@ -1,4 +1,4 @@
-"""The CPRFL model and its timm entrypoints.
+"""The CPRFL model (its timm entrypoints are in :mod:`cprfl_zoo.entrypoints`).
 
 CPRFL (Category-Prompt Refined Feature Learning, ACM MM 2024) puts a prompt-based head on a
 backbone's local tokens:

@@ -35,6 +35,18 @@ def tiny_cprfl(class_names: list[str], text_dim: int = 16, **kwargs):
     ).eval()
 
 
+def random_problem(n=300, c=9, seed=0, p=0.3):
+    """Seeded ``(n, c)`` random scores and 0/1 float targets; every class has a positive.
+
+    For the tests of :mod:`cprfl_zoo.metrics`.
+    """
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(n, c, generator=g)
+    targets = (torch.rand(n, c, generator=g) < p).float()
+    targets[0] = 1.0  # every class has at least one positive
+    return scores, targets
+
+
 @pytest.fixture
 def tiny_head() -> dict:
     return dict(TINY_HEAD)

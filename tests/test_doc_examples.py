@@ -63,7 +63,7 @@ EXEMPT: dict[tuple[str, str], str] = {
         "docs/src/metrics.md",
         "import torch",
     ): "builds the COCO-LT training set from /data/coco; the evaluator calls are those of "
-    "tests/test_metrics.py",
+    "tests/test_metrics_distributed.py",
     (
         "docs/src/getting_started.md",
         "from cprfl_zoo import AsymmetricLoss",

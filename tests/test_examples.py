@@ -106,7 +106,9 @@ def test_quickstart_fast_offline(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     quickstart = load_example("quickstart")
-    assert quickstart.main(["--fast", "--offline", "--output", str(tmp_path)]) == 0
+    argv = ["--data", "digits", "--epochs", "1", "--train-images", "96", "--test-images", "48"]
+    argv += ["--img-size", "32", "--batch-size", "16", "--offline", "--output", str(tmp_path)]
+    assert quickstart.main(argv) == 0
     out = capsys.readouterr().out
     assert "FALLBACK random class embeddings" in out
     assert "FALLBACK randomly initialised test_resnet" in out
@@ -126,7 +128,7 @@ def test_quickstart_fast_offline(tmp_path, capsys, monkeypatch):
     assert "examples/predict.py" in out
     # predict.py on a saved sample (PNG, timm's eval transform) agrees with the printout.
     sample = tmp_path / "samples" / "test_0.png"
-    shown = re.search(rf"{re.escape(str(sample))}: shows .* predicted (.*)$", out, re.MULTILINE)
+    shown = re.search(rf"{re.escape(str(sample))}: shows .*\n    predicted (.*)$", out, re.M)
     quick = {n: float(p) for n, p in re.findall(r"(\w+) (\d\.\d\d)", shown.group(1))}
     predict = load_example("predict")
     assert predict.main([str(folder), str(sample), "--threshold", "0"]) == 0

@@ -16,35 +16,43 @@ on the training list), a checkpoint is written atomically (``checkpoint-last.pth
 ``--resume``), and the best of the two is exported with ``save_pretrained`` to ``<output>/model``
 (optionally pushed to the Hub at the end with ``--push-to-hub``). Only rank 0 writes files.
 
-``--batch-size`` is per process: with N processes each optimiser step sees N x batch-size images.
-See docs/src/training.md for a step-by-step guide.
+The script reads like timm's ``train.py``: ``main`` parses and checks the arguments, sets up the
+processes and calls ``train``, which builds the pieces (``build_model``, ``build_loaders``,
+``build_optimizer``) and runs ``train_one_epoch``, ``validate`` and ``save_checkpoint`` once per
+epoch. ``--batch-size`` is per process: with N processes each optimiser step sees N x batch-size
+images. See docs/src/training.md for a step-by-step guide.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import logging
 import math
-import os
-import random
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import timm
 import torch
 import torch.distributed as dist
 from timm.models import group_parameters
-from timm.utils import ModelEmaV3
+from timm.optim import create_optimizer_v2
+from timm.utils import (
+    ModelEmaV3,
+    distribute_bn,
+    init_distributed_device,
+    random_seed,
+    unwrap_model,
+)
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 import cprfl_zoo
@@ -65,6 +73,7 @@ from cprfl_zoo.data import (
 from cprfl_zoo.fileio import atomic_path, atomic_write_text
 from cprfl_zoo.losses import AsymmetricLoss
 from cprfl_zoo.metrics import MultiLabelEvaluator
+from cprfl_zoo.predict import collect_logits
 from cprfl_zoo.synthetic import DIGIT_NAMES, make_digit_composites, write_image_list
 from cprfl_zoo.text import TextEncoderSpec, encode_class_names_info
 
@@ -85,12 +94,10 @@ RESUME_FIXED_ARGS = (
     "lr",
     "backbone_lr_scale",
     "pct_start",
-    "max_steps",
     "ema",
     "amp",
     "trainable_text_encoder",
 )
-
 
 # ---------------------------------------------------------------------- arguments
 
@@ -126,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--synthetic",
         action="store_true",
-        help="a tiny generated long-tailed digits set, written to <output>/synthetic_data "
-        "(smoke tests)",
+        help="a small generated long-tailed digits set, written to <output>/synthetic_data "
+        "(to try the script without downloading data)",
     )
     data.add_argument(
         "--synthetic-images", type=positive_int, default=64, help="training images of --synthetic"
@@ -236,12 +243,6 @@ def build_parser() -> argparse.ArgumentParser:
         "training and test): per-class F1-optimal thresholds from it are saved with the model",
     )
     run.add_argument(
-        "--max-steps",
-        type=positive_int,
-        default=None,
-        help="at most this many optimiser steps per epoch (smoke tests, quick looks)",
-    )
-    run.add_argument(
         "--stop-after-epoch",
         type=positive_int,
         default=None,
@@ -250,12 +251,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    run.add_argument(
-        "--dump-weights-digest",
-        action="store_true",
-        help="every rank writes the SHA-256 of its final weights to "
-        "<output>/weights-digest-rank<r>.json (to check that DDP ranks agree)",
-    )
     return parser
 
 
@@ -273,47 +268,40 @@ def _require_dir(parser: argparse.ArgumentParser, flag: str, path: Path | None) 
         parser.error(f"argument {flag}: folder not found: {path}")
 
 
-def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Reject inconsistent arguments with a message that names the argument."""
-    sources = [
-        flag
-        for flag, given in (
-            ("--dataset", args.dataset is not None),
-            ("--train-list", args.train_list is not None),
-            ("--synthetic", args.synthetic),
-        )
-        if given
-    ]
+def _refuse(parser: argparse.ArgumentParser, owner: str, given: dict[str, Any]) -> None:
+    for flag, value in given.items():
+        if value is not None:
+            parser.error(f"argument {flag} only applies to {owner}")
+
+
+def _check_data_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    given = {"--dataset": args.dataset, "--train-list": args.train_list}
+    sources = [flag for flag, value in given.items() if value is not None]
+    sources += ["--synthetic"] if args.synthetic else []
     if len(sources) != 1:
-        got = ", ".join(sources) if sources else "none"
         parser.error(
-            f"choose the data with exactly one of --dataset, --train-list or --synthetic (got "
-            f"{got})"
+            "choose the data with exactly one of --dataset, --train-list or --synthetic (got "
+            f"{', '.join(sources) or 'none'})"
         )
-    if args.dataset is not None:
-        if args.data_root is None:
-            info = get_lt_benchmark(args.dataset)
-            parser.error(f"--dataset {args.dataset} needs --data-root: {info.images}")
+    if args.dataset is None:
+        _refuse(
+            parser, "--dataset", {"--data-root": args.data_root, "--split-root": args.split_root}
+        )
+    elif args.data_root is None:
+        info = get_lt_benchmark(args.dataset)
+        parser.error(f"--dataset {args.dataset} needs --data-root: {info.images}")
+    else:
         _require_dir(parser, "--data-root", args.data_root)
         if args.split_root is not None:
             _require_dir(parser, "--split-root", args.split_root)
+    lists = {"--test-list": args.test_list, "--image-root": args.image_root}
+    lists["--classes"] = args.classes
+    if args.train_list is None:
+        _refuse(parser, "--train-list", lists)
     else:
-        for flag, value in (("--data-root", args.data_root), ("--split-root", args.split_root)):
-            if value is not None:
-                parser.error(f"argument {flag} only applies to --dataset")
-    if args.train_list is not None:
         _require_file(parser, "--train-list", args.train_list)
-        _require_file(parser, "--test-list", args.test_list)
-        _require_dir(parser, "--image-root", args.image_root)
-        _require_file(parser, "--classes", args.classes)
-    else:
-        for flag, value in (
-            ("--test-list", args.test_list),
-            ("--image-root", args.image_root),
-            ("--classes", args.classes),
-        ):
-            if value is not None:
-                parser.error(f"argument {flag} only applies to --train-list")
+        for flag, value in lists.items():
+            (_require_dir if flag == "--image-root" else _require_file)(parser, flag, value)
     if args.calibrate_list is not None:
         _require_file(parser, "--calibrate-list", args.calibrate_list)
     if args.head_threshold < args.tail_threshold:
@@ -321,22 +309,26 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             f"argument --head-threshold ({args.head_threshold}) must be >= --tail-threshold "
             f"({args.tail_threshold})"
         )
-    if not timm.is_model(args.model.split(".", 1)[0]):
-        close = timm.list_models(f"*{args.model.split('.', 1)[0][:6]}*")[:5]
+
+
+def _check_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    arch = args.model.split(".", 1)[0]
+    if not timm.is_model(arch):
+        close = timm.list_models(f"*{arch[:6]}*")[:5]
         hint = f"; similar names: {', '.join(close)}" if close else ""
         parser.error(f"argument --model: {args.model!r} is not a timm model name{hint}")
-    if args.text_encoder == RANDOM_TEXT_ENCODER:
-        if args.text_pretrained is not None:
-            parser.error("argument --text-pretrained does not apply to --text-encoder random")
-        if args.trainable_text_encoder:
-            parser.error(
-                "argument --trainable-text-encoder needs a CLIP --text-encoder, not random"
-            )
-    else:
+    if args.text_encoder != RANDOM_TEXT_ENCODER:
         try:
             TextEncoderSpec.resolve(args.text_encoder, args.text_pretrained)
         except ValueError as e:
             parser.error(f"argument --text-encoder/--text-pretrained: {e}")
+    elif args.text_pretrained is not None:
+        parser.error("argument --text-pretrained does not apply to --text-encoder random")
+    elif args.trainable_text_encoder:
+        parser.error("argument --trainable-text-encoder needs a CLIP --text-encoder, not random")
+
+
+def _check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.output.exists() and not args.output.is_dir():
         parser.error(f"argument --output: {args.output} exists and is not a folder")
     if args.resume is not None and not args.resume.is_file():
@@ -345,10 +337,9 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(
             f"argument --stop-after-epoch: {args.stop_after_epoch} is beyond --epochs {args.epochs}"
         )
-    if args.push_to_hub is not None and (
-        args.push_to_hub.count("/") != 1 or not all(args.push_to_hub.split("/"))
-    ):
-        parser.error(f"argument --push-to-hub: expected 'user/repo', got {args.push_to_hub!r}")
+    repo = args.push_to_hub
+    if repo is not None and (repo.count("/") != 1 or not all(repo.split("/"))):
+        parser.error(f"argument --push-to-hub: expected 'user/repo', got {repo!r}")
     if args.device is not None:
         try:
             torch.device(args.device)
@@ -356,9 +347,25 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             parser.error(f"argument --device: {e}")
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and check the arguments; inconsistent ones stop with a message naming them."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for check in (_check_data_args, _check_model_args, _check_run_args):
+        check(parser, args)
+    return args
+
+
+def args_to_dict(args: argparse.Namespace) -> dict[str, Any]:
+    """The arguments as plain values (paths as strings), loadable with ``weights_only=True``."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+
+
 # ---------------------------------------------------------------------- distributed helpers
 @dataclass(frozen=True)
 class Context:
+    """Where this process runs: its rank among ``world_size`` processes and its device."""
+
     rank: int
     world_size: int
     local_rank: int
@@ -373,21 +380,11 @@ class Context:
         return self.world_size > 1
 
 
-def setup_distributed(device_arg: str | None) -> Context:
-    """Initialise the process group when launched by torchrun (``WORLD_SIZE`` > 1)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        device = torch.device(device_arg or ("cuda" if torch.cuda.is_available() else "cpu"))
-        return Context(0, 1, 0, device)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    wanted = torch.device(device_arg or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if wanted.type == "cuda":
-        torch.cuda.set_device(local_rank)
-        device, backend = torch.device("cuda", local_rank), "nccl"
-    else:
-        device, backend = wanted, "gloo"
-    dist.init_process_group(backend=backend)
-    return Context(dist.get_rank(), dist.get_world_size(), local_rank, device)
+def setup_distributed(device: str | None) -> Context:
+    """Join the process group when launched by torchrun (or SLURM), with timm's helper."""
+    info = SimpleNamespace(device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    init_distributed_device(info)  # sets its device, rank, local_rank, world_size
+    return Context(info.rank, info.world_size, info.local_rank, torch.device(info.device))
 
 
 def barrier(ctx: Context) -> None:
@@ -413,28 +410,20 @@ def broadcast_object(ctx: Context, obj: Any) -> Any:
     return box[0]
 
 
-def sync_buffers(ctx: Context, *modules: nn.Module) -> None:
-    """Copy rank 0's buffers (BatchNorm statistics) to every rank, so all ranks hold one model.
+def sync_batchnorm_stats(ctx: Context, *modules: nn.Module) -> None:
+    """Copy rank 0's BatchNorm statistics to every rank, so that all ranks hold one model.
 
-    DDP broadcasts buffers before each forward pass, but the last forward pass of an epoch
-    updates each rank's statistics with its own batch.
+    DDP broadcasts buffers before each forward pass, but the last forward pass of an epoch (and
+    every EMA update) uses each rank's own statistics.
     """
-    if not ctx.distributed:
-        return
-    for module in modules:
-        for buf in module.buffers():
-            dist.broadcast(buf.data, src=0)
+    if ctx.distributed:
+        for module in modules:
+            distribute_bn(module, ctx.world_size, reduce=False)
 
 
 def seed_epoch(seed: int, epoch: int, rank: int) -> None:
     """Seed every generator from (seed, epoch, rank), so a resumed run repeats the same epochs."""
-    value = (seed * 1_000_003 + epoch * 1_009 + rank) % (2**31)
-    torch.manual_seed(value)
-    random.seed(value)
-    with contextlib.suppress(ImportError):
-        import numpy as np
-
-        np.random.seed(value)
+    random_seed((seed * 1_000_003 + epoch * 1_009) % 2**31, rank)
 
 
 @contextlib.contextmanager
@@ -460,26 +449,6 @@ def logging_to(ctx: Context, output: Path) -> Iterator[None]:
         root.handlers[:] = saved[1]
 
 
-# ---------------------------------------------------------------------- files
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file next to ``path``, then rename it over ``path``."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def state_digest(module: nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
-def args_to_dict(args: argparse.Namespace) -> dict[str, Any]:
-    """The arguments as plain values (paths as strings), loadable with ``weights_only=True``."""
-    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-
-
 # ---------------------------------------------------------------------- data
 def class_names_for(args: argparse.Namespace) -> list[str]:
     if args.synthetic:
@@ -493,6 +462,7 @@ def class_names_for(args: argparse.Namespace) -> list[str]:
 
 
 def prepare_synthetic(ctx: Context, args: argparse.Namespace) -> Path:
+    """Generate the ``--synthetic`` set once per machine; return its folder."""
     root = args.output / "synthetic_data"
     with local_main_first(ctx):
         if ctx.local_rank == 0 and not (root / "test.txt").is_file():
@@ -509,64 +479,103 @@ def prepare_synthetic(ctx: Context, args: argparse.Namespace) -> Path:
     return root
 
 
+def image_root(args: argparse.Namespace) -> Path:
+    """The folder the listed image paths are relative to."""
+    if args.synthetic:
+        return args.output / "synthetic_data"
+    return args.data_root if args.dataset is not None else args.image_root
+
+
 def build_datasets(
     ctx: Context, args: argparse.Namespace, model: nn.Module, names: list[str]
 ) -> tuple[MultiLabelImageList, MultiLabelImageList]:
-    size = args.img_size
-    train_tf = create_transforms(model, recipe=args.aug, is_training=True, img_size=size)
-    test_tf = create_transforms(model, recipe=args.aug, is_training=False, img_size=size)
+    tfs = [
+        create_transforms(model, recipe=args.aug, is_training=training, img_size=args.img_size)
+        for training in (True, False)
+    ]
     try:
         if args.dataset is not None:
             with local_main_first(ctx):  # the list files are downloaded once per machine
-                train = create_lt_dataset(
-                    args.dataset, "train", args.data_root, train_tf, split_root=args.split_root,
-                    download=True,
+                return tuple(
+                    create_lt_dataset(
+                        args.dataset, split, args.data_root, tf, split_root=args.split_root,
+                        download=True,
+                    )
+                    for split, tf in zip(("train", "test"), tfs, strict=True)
                 )  # fmt: skip
-                test = create_lt_dataset(
-                    args.dataset, "test", args.data_root, test_tf, split_root=args.split_root,
-                    download=True,
-                )  # fmt: skip
-            return train, test
         if args.synthetic:
             root = prepare_synthetic(ctx, args)
-            lists, image_root = (root / "train.txt", root / "test.txt"), root
+            lists = (root / "train.txt", root / "test.txt")
         else:
-            lists, image_root = (args.train_list, args.test_list), args.image_root
-        train = MultiLabelImageList(lists[0], image_root, transform=train_tf, class_names=names)
-        test = MultiLabelImageList(lists[1], image_root, transform=test_tf, class_names=names)
-        return train, test
+            lists = (args.train_list, args.test_list)
+        return tuple(
+            MultiLabelImageList(path, image_root(args), transform=tf, class_names=names)
+            for path, tf in zip(lists, tfs, strict=True)
+        )
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
 
 
 def build_loaders(
-    ctx: Context, args: argparse.Namespace, train: Dataset, test: Dataset
-) -> tuple[DataLoader, DataLoader, DistributedSampler]:
-    train_sampler = DistributedSampler(
-        train, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=args.seed,
-        drop_last=True,
-    )  # fmt: skip
-    test_sampler = DistributedSampler(
-        test, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False
-    )
+    ctx: Context, args: argparse.Namespace, model: nn.Module, names: list[str]
+) -> tuple[DataLoader, DataLoader]:
+    """The training and test loaders, each rank reading its share (``DistributedSampler``)."""
+    train_set, test_set = build_datasets(ctx, args, model, names)
+    samplers = [
+        DistributedSampler(
+            data, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=training, seed=args.seed,
+            drop_last=training,
+        )
+        for data, training in ((train_set, True), (test_set, False))
+    ]  # fmt: skip
     common = {
+        "batch_size": args.batch_size,
         "num_workers": args.workers,
         "pin_memory": ctx.device.type == "cuda",
         "persistent_workers": args.workers > 0,
     }
-    train_loader = DataLoader(
-        train, batch_size=args.batch_size, sampler=train_sampler, drop_last=True, **common
-    )
-    test_loader = DataLoader(test, batch_size=args.batch_size, sampler=test_sampler, **common)
+    train_loader = DataLoader(train_set, sampler=samplers[0], drop_last=True, **common)
+    test_loader = DataLoader(test_set, sampler=samplers[1], **common)
     if len(train_loader) == 0:
         raise SystemExit(
-            f"error: the training list has {len(train)} images, fewer than --batch-size "
+            f"error: the training list has {len(train_set)} images, fewer than --batch-size "
             f"{args.batch_size} x {ctx.world_size} process(es)"
         )
-    return train_loader, test_loader, train_sampler
+    if ctx.is_main:
+        log_data(args, train_set, len(test_set), len(train_loader), ctx.world_size)
+    return train_loader, test_loader
+
+
+def log_data(
+    args: argparse.Namespace, train_set: Any, num_test: int, steps: int, world_size: int
+) -> None:
+    counts, num_classes = train_set.class_counts, len(train_set.class_names)
+    _logger.info(
+        "data: %d training / %d test images, %d classes; %d steps per epoch of %d x %d images",
+        len(train_set), num_test, num_classes, steps, args.batch_size, world_size,
+    )  # fmt: skip
+    head = int((counts >= args.head_threshold).sum())
+    tail = int((counts < args.tail_threshold).sum())
+    _logger.info(
+        "classes: %d head (>= %d images), %d medium, %d tail (< %d images)",
+        head, args.head_threshold, num_classes - head - tail, tail, args.tail_threshold,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------- model
+def random_class_embeddings(args: argparse.Namespace, num_classes: int) -> tuple[Any, Any]:
+    gen = torch.Generator().manual_seed(args.seed)
+    emb = torch.randn(num_classes, args.text_dim, generator=gen)
+    _logger.warning(
+        "FALLBACK: --text-encoder random: seeded random class embeddings (%d-d, seed %d); "
+        "the prompts carry no meaning of the class names",
+        args.text_dim,
+        args.seed,
+    )
+    cfg = {"model_name": f"custom:random-normal(seed={args.seed})", "embed_dim": args.text_dim}
+    return emb, cfg
+
+
 def class_embeddings(
     ctx: Context, args: argparse.Namespace, names: list[str]
 ) -> tuple[torch.Tensor | None, dict[str, Any] | None]:
@@ -574,16 +583,7 @@ def class_embeddings(
     if args.trainable_text_encoder:
         return None, None  # the model loads the text tower and encodes the prompts itself
     if args.text_encoder == RANDOM_TEXT_ENCODER:
-        gen = torch.Generator().manual_seed(args.seed)
-        emb = torch.randn(len(names), args.text_dim, generator=gen)
-        _logger.warning(
-            "FALLBACK: --text-encoder random: seeded random class embeddings (%d-d, seed %d); "
-            "the prompts carry no meaning of the class names",
-            args.text_dim,
-            args.seed,
-        )
-        cfg = {"model_name": f"custom:random-normal(seed={args.seed})", "embed_dim": args.text_dim}
-        return emb, cfg
+        return random_class_embeddings(args, len(names))
     payload: tuple[Any, Any, str | None] = (None, None, None)
     if ctx.is_main:
         try:
@@ -604,14 +604,16 @@ def class_embeddings(
     return emb, cfg
 
 
-def build_model(
-    ctx: Context,
-    args: argparse.Namespace,
-    names: list[str],
-    emb: torch.Tensor | None,
-    cfg: dict[str, Any] | None,
-) -> cprfl_zoo.CPRFL:
-    kwargs: dict[str, Any] = {}
+def model_kwargs(args: argparse.Namespace, emb: Any, cfg: Any) -> dict[str, Any]:
+    """``create_cprfl`` arguments from the command line (the head sizes in this one place)."""
+    kwargs: dict[str, Any] = {
+        "pretrained_backbone": args.pretrained_backbone,
+        "dim": args.dim,
+        "num_heads": args.num_heads,
+        "head_dim": args.head_dim,
+        "mlp_hidden_dim": args.mlp_dim,
+        "drop_rate": args.drop,
+    }
     if args.trainable_text_encoder:
         kwargs.update(trainable_text_encoder=True, text_encoder=args.text_encoder)
         if args.text_pretrained is not None:
@@ -621,20 +623,16 @@ def build_model(
     pretrained_cfg = timm.get_pretrained_cfg(args.model.split(".", 1)[0])
     if pretrained_cfg is not None and pretrained_cfg.fixed_input_size:
         kwargs["img_size"] = args.img_size  # ViT-like backbones resize their position embeddings
+    return kwargs
+
+
+def build_model(ctx: Context, args: argparse.Namespace, names: list[str]) -> cprfl_zoo.CPRFL:
+    """The CPRFL model on ``ctx.device``, its class embeddings computed (or loaded) first."""
+    kwargs = model_kwargs(args, *class_embeddings(ctx, args, names))
     torch.manual_seed(args.seed)
     with local_main_first(ctx):  # the backbone weights are downloaded once per machine
         try:
-            model = cprfl_zoo.create_cprfl(
-                args.model,
-                class_names=names,
-                pretrained_backbone=args.pretrained_backbone,
-                dim=args.dim,
-                num_heads=args.num_heads,
-                head_dim=args.head_dim,
-                mlp_hidden_dim=args.mlp_dim,
-                drop_rate=args.drop,
-                **kwargs,
-            )
+            model = cprfl_zoo.create_cprfl(args.model, class_names=names, **kwargs)
         except Exception as e:
             if not (args.pretrained_backbone or args.trainable_text_encoder):
                 raise
@@ -647,38 +645,49 @@ def build_model(
     model.pretrained_cfg["input_size"] = (3, args.img_size, args.img_size)
     if args.aug == "cprfl":
         model.pretrained_cfg.update(crop_pct=1.0, interpolation="bilinear")
+    model.to(ctx.device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
     return model
 
 
 def param_groups(model: nn.Module, args: argparse.Namespace) -> list[dict[str, Any]]:
     """AdamW groups: backbone at lr x scale, head at lr; no weight decay on biases and norms."""
     no_decay_names = set(model.no_weight_decay())
-    named = dict(model.named_parameters())
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     groups = []
     for members in group_parameters(model, model.group_matcher()).values():
-        backbone = all(n.startswith("backbone.") for n in members)
-        scale = args.backbone_lr_scale if backbone else 1.0
-        decay, no_decay = [], []
-        for name in members:
-            param = named[name]
-            if not param.requires_grad:
-                continue
-            if param.ndim <= 1 or name.endswith(".bias") or name in no_decay_names:
-                no_decay.append(param)
-            else:
-                decay.append(param)
-        tag = "backbone" if backbone else "head"
-        for suffix, params, wd in (("", decay, args.weight_decay), ("_no_decay", no_decay, 0.0)):
-            if params:
-                groups.append(
-                    {
-                        "params": params,
-                        "lr": args.lr * scale,
-                        "weight_decay": wd,
-                        "name": tag + suffix,
-                    }
-                )
+        tag = "backbone" if all(n.startswith("backbone.") for n in members) else "head"
+        lr = args.lr * (args.backbone_lr_scale if tag == "backbone" else 1.0)
+        trained = [n for n in members if n in named]
+        exempt = [n for n in trained if named[n].ndim <= 1 or n.endswith(".bias")]
+        exempt += [n for n in trained if n in no_decay_names and n not in exempt]
+        split = {
+            tag: ([named[n] for n in trained if n not in exempt], args.weight_decay),
+            f"{tag}_no_decay": ([named[n] for n in exempt], 0.0),
+        }
+        groups += [
+            {"params": params, "lr": lr, "weight_decay": wd, "name": name}
+            for name, (params, wd) in split.items()
+            if params
+        ]
     return groups
+
+
+def build_optimizer(
+    model: nn.Module, args: argparse.Namespace, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.OneCycleLR]:
+    """AdamW (timm's factory, over :func:`param_groups`) and a OneCycle schedule over all steps."""
+    optimizer = create_optimizer_v2(
+        model, "adamw", lr=args.lr, param_group_fn=lambda m: param_groups(m, args)
+    )
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=[group["lr"] for group in optimizer.param_groups],
+        total_steps=args.epochs * steps_per_epoch,
+        pct_start=args.pct_start,
+    )
+    return optimizer, scheduler
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
@@ -689,29 +698,128 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
-# ---------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def evaluate(
-    ctx: Context,
-    model: nn.Module,
-    loader: DataLoader,
-    evaluator: MultiLabelEvaluator,
-    amp_dtype: torch.dtype | None,
-    channels_last: bool,
+# ---------------------------------------------------------------------- training state
+@dataclass
+class TrainState:
+    """Everything a checkpoint restores: the model, its EMA, the optimiser and schedule, and the
+    epochs done so far with their scores."""
+
+    model: cprfl_zoo.CPRFL
+    ema: ModelEmaV3 | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    epoch: int = 0
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def modules(self) -> dict[str, nn.Module]:
+        """The evaluated weights by name: ``model`` and, with an EMA, ``EMA``."""
+        return {"model": self.model, **({"EMA": self.ema.module} if self.ema else {})}
+
+    def record(self, entry: dict[str, Any], score: float) -> bool:
+        """Append an epoch's history entry; return whether ``score`` is the best so far."""
+        self.history.append(entry)
+        self.epoch = entry["epoch"]
+        improved = not math.isnan(score) and score > self.best_score
+        if improved:
+            self.best_score, self.best_epoch = score, self.epoch
+        return improved
+
+
+def build_state(
+    ctx: Context, args: argparse.Namespace, model: cprfl_zoo.CPRFL, steps_per_epoch: int
+) -> TrainState:
+    optimizer, scheduler = build_optimizer(model, args, steps_per_epoch)
+    ema = ModelEmaV3(model, decay=args.ema) if args.ema > 0 else None
+    fp16 = resolve_amp(args.amp, ctx.device) == torch.float16
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=fp16)
+    return TrainState(model, ema, optimizer, scheduler, scaler)
+
+
+# ---------------------------------------------------------------------- one epoch
+def _optimizer_step(
+    loss: torch.Tensor, state: TrainState, params: Iterable[nn.Parameter], clip_grad: float | None
+) -> None:
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    if clip_grad is not None:
+        state.scaler.unscale_(state.optimizer)
+        nn.utils.clip_grad_norm_(params, clip_grad)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+
+
+def train_one_epoch(
+    net: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    state: TrainState,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    clip_grad: float | None = None,
+    channels_last: bool = False,
+    desc: str | None = None,
 ) -> dict[str, float]:
-    model.eval()
-    model.freeze_class_embeddings()  # a trainable text tower encodes the prompts once per eval
-    evaluator.reset()
-    for images, targets in loader:
-        images = images.to(ctx.device, non_blocking=True)
+    """One pass over ``loader``: forward ``net`` (the model, or its DDP / compiled wrapper),
+    step the optimiser, the schedule and the EMA once per batch.
+
+    Returns:
+        ``loss``: the mean training loss (over every rank under DDP); ``lr``: the head's learning
+        rate at the epoch's last step.
+    """
+    net.train()
+    loss_sum, steps, lr = torch.zeros((), device=device), 0, math.nan
+    bar = tqdm(loader, desc=desc, leave=False, disable=True if desc is None else None)
+    for images, targets in bar:
+        images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(images)
-        evaluator.update(logits.float(), targets)
-    return evaluator.compute(num_samples=len(loader.dataset))
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = net(images)
+        loss = loss_fn(logits, targets.to(device, non_blocking=True))
+        _optimizer_step(loss, state, net.parameters(), clip_grad)
+        lr = state.optimizer.param_groups[-1]["lr"]  # the head's, for the log
+        state.scheduler.step()
+        if state.ema is not None:
+            state.ema.update(unwrap_model(net))
+        loss_sum += loss.detach()
+        steps += 1
+        if not bar.disable and steps % 20 == 1:  # .item() waits for the GPU: not every step
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(loss_sum)
+        steps *= dist.get_world_size()
+    return {"loss": float(loss_sum) / max(steps, 1), "lr": lr}
 
 
+@torch.no_grad()
+def validate(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    evaluator: MultiLabelEvaluator,
+    *,
+    amp_dtype: torch.dtype | None = None,
+    num_samples: int | None = None,
+) -> dict[str, float]:
+    """mAP (overall, head / medium / tail), CF1, OF1 ... of ``model`` on ``loader``.
+
+    Under DDP call it on every rank with its share: ``num_samples`` (the dataset's size) drops
+    the ``DistributedSampler`` padding when the shares are gathered.
+    """
+    model.eval()
+    model.freeze_class_embeddings()  # a trainable text tower encodes the prompts once per eval
+    device = next(model.parameters()).device
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        logits, targets = collect_logits(model, loader, progress=False)
+    evaluator.reset()
+    evaluator.update(logits, targets)
+    return evaluator.compute(num_samples=num_samples)
+
+
+# ---------------------------------------------------------------------- logs and exports
 def nan_to_ninf(value: float) -> float:
     return -math.inf if math.isnan(value) else value
 
@@ -743,19 +851,24 @@ def epoch_metrics(entry: dict[str, Any], which: str) -> dict[str, float]:
     return {k[len(prefix) :]: v for k, v in entry.items() if k.startswith(prefix)}
 
 
+def log_epoch(args: argparse.Namespace, state: TrainState, results: dict, seconds: float) -> None:
+    entry = state.history[-1]
+    parts = [f"epoch {entry['epoch']}/{args.epochs}", f"loss {entry['train_loss']:.4f}"]
+    parts.append(f"lr {entry['lr']:.2e}")
+    parts += [f"{k} {describe(res)}" for k, res in results.items()]
+    parts.append(f"best mAP {100 * state.best_score:.2f} (epoch {state.best_epoch})")
+    parts.append(f"{seconds:.0f} s")
+    _logger.info(" | ".join(parts))
+
+
 def calibrate(module: nn.Module, args: argparse.Namespace) -> None:
     """Set per-class thresholds on ``module`` from its logits on ``--calibrate-list``."""
-    from cprfl_zoo.predict import collect_logits
     from cprfl_zoo.thresholds import calibrate_thresholds
 
     tf = create_transforms(module, recipe=args.aug, is_training=False, img_size=args.img_size)
-    if args.synthetic:
-        root = args.output / "synthetic_data"
-    else:
-        root = args.data_root if args.dataset is not None else args.image_root
     try:
         data = MultiLabelImageList(
-            args.calibrate_list, root, transform=tf, class_names=module.class_names
+            args.calibrate_list, image_root(args), transform=tf, class_names=module.class_names
         )
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: --calibrate-list: {e}") from None
@@ -792,8 +905,51 @@ def export(module: nn.Module, args: argparse.Namespace, entry: dict[str, Any], w
     )
 
 
+def export_final(args: argparse.Namespace, state: TrainState) -> tuple[dict[str, Any], str]:
+    """Export the last epoch's EMA (or model) unless ``--export best`` already holds the best;
+    return the exported history entry and which weights it describes."""
+    if args.export == "best" and state.best_epoch > 0:  # best: unless no finite mAP was measured
+        entry = state.history[state.best_epoch - 1]
+        return entry, entry["best_of_epoch"]
+    which = "EMA" if state.ema is not None else "model"
+    export(state.modules()[which], args, state.history[-1], which)
+    return state.history[-1], which
+
+
+def push_to_hub(args: argparse.Namespace, entry: dict[str, Any], which: str) -> None:
+    exported = cprfl_zoo.CPRFL.from_pretrained(args.output / MODEL_DIR)
+    info = exported.push_to_hub(args.push_to_hub, metrics=card_metrics(epoch_metrics(entry, which)))
+    _logger.info("pushed to https://huggingface.co/%s (%s)", args.push_to_hub, info)
+
+
 # ---------------------------------------------------------------------- checkpoints
+def save_checkpoint(
+    state: TrainState, args: argparse.Namespace, class_names: list[str], path: Path
+) -> Path:
+    """Write ``state`` to ``path`` atomically (a temporary file renamed over it): a run killed at
+    any moment leaves the previous complete checkpoint. Plain tensors and values only, so that
+    ``torch.load(path, weights_only=True)`` reads it."""
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT,
+        "model": state.model.state_dict(),
+        "ema": state.ema.module.state_dict() if state.ema is not None else None,
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "scaler": state.scaler.state_dict(),
+        "epoch": state.epoch,
+        "best_score": state.best_score,
+        "best_epoch": state.best_epoch,
+        "history": state.history,
+        "class_names": class_names,
+        "args": args_to_dict(args),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+    return path
+
+
 def load_checkpoint(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
+    """Read ``--resume``, refusing other files, other classes and changed fixed arguments."""
     path = args.resume
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -806,256 +962,148 @@ def load_checkpoint(args: argparse.Namespace, names: list[str]) -> dict[str, Any
             f"error: --resume {path} was trained on other classes ({len(ckpt['class_names'])} "
             f"classes, first {ckpt['class_names'][:3]}) than this data ({len(names)} classes)"
         )
-    saved = ckpt["args"]
-    current = args_to_dict(args)
+    saved, current = ckpt["args"], args_to_dict(args)
     for key in RESUME_FIXED_ARGS:
         if saved.get(key) != current.get(key):
-            flag = "--" + key.replace("_", "-")
             raise SystemExit(
-                f"error: {flag} is {current.get(key)!r} but the checkpoint --resume {path} was "
-                f"trained with {saved.get(key)!r}; a resumed run must keep it"
+                f"error: --{key.replace('_', '-')} is {current.get(key)!r} but the checkpoint "
+                f"--resume {path} was trained with {saved.get(key)!r}; a resumed run must keep it"
             )
     return ckpt
 
 
+def restore(state: TrainState, ckpt: dict[str, Any]) -> None:
+    """Load a checkpoint of :func:`save_checkpoint` into ``state``."""
+    state.model.load_state_dict(ckpt["model"])
+    if state.ema is not None:
+        state.ema.module.load_state_dict(ckpt["ema"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.scheduler.load_state_dict(ckpt["scheduler"])
+    state.scaler.load_state_dict(ckpt["scaler"])
+    state.epoch, state.best_score = ckpt["epoch"], ckpt["best_score"]
+    state.best_epoch, state.history = ckpt["best_epoch"], ckpt["history"]
+
+
 # ---------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    check_args(parser, args)
+    args = parse_args(argv)
     ctx = setup_distributed(args.device)
     try:
         with logging_to(ctx, args.output):
-            return train(ctx, args)
+            train(ctx, args)
     finally:
         if ctx.distributed:
             dist.destroy_process_group()
+    return 0
 
 
-def train(ctx: Context, args: argparse.Namespace) -> int:
+def wrap_model(ctx: Context, args: argparse.Namespace, model: nn.Module) -> nn.Module:
+    """What the training steps call: the model, in DDP under torchrun, compiled with --compile."""
+    net = model
+    if ctx.distributed:
+        net = DistributedDataParallel(
+            model, device_ids=None if ctx.device.index is None else [ctx.device.index]
+        )
+    return torch.compile(net) if args.compile else net
+
+
+def log_environment(ctx: Context, args: argparse.Namespace) -> None:
+    _logger.info(
+        "cprfl_zoo %s, torch %s, timm %s; %d process(es) on %s",
+        cprfl_zoo.__version__, torch.__version__, timm.__version__, ctx.world_size, ctx.device,
+    )  # fmt: skip
+    _logger.info("arguments: %s", json.dumps(args_to_dict(args), sort_keys=True))
+
+
+def history_entry(epoch: int, stats: dict[str, float], results: dict[str, dict]) -> dict:
+    """One line of metrics.json: the training loss and lr, every metric of model and EMA."""
+    best = max(results, key=lambda k: nan_to_ninf(results[k]["mAP"]))
+    scores = {f"{k}/{m}": v for k, res in results.items() for m, v in res.items()}
+    return {
+        "epoch": epoch,
+        "train_loss": stats["loss"],
+        "lr": stats["lr"],
+        "best_of_epoch": best,
+        **scores,
+    }
+
+
+def save_outputs(
+    args: argparse.Namespace, state: TrainState, names: list[str], improved: bool
+) -> None:
+    """Rank 0, after each epoch: the best model so far (--export best), checkpoint, metrics."""
+    entry = state.history[-1]
+    if improved and args.export == "best":
+        which = entry["best_of_epoch"]
+        export(state.modules()[which], args, entry, which)
+    save_checkpoint(state, args, names, args.output / CHECKPOINT_NAME)
+    atomic_write_text(args.output / "metrics.json", json.dumps(state.history, indent=1) + "\n")
+
+
+def finish(args: argparse.Namespace, state: TrainState, seconds: float, stopped: bool) -> None:
+    """Rank 0, after the last epoch: export, log the summary, push to the Hub."""
+    if stopped:
+        _logger.info(
+            "stopping after epoch %d (--stop-after-epoch); continue with --resume %s",
+            state.epoch, args.output / CHECKPOINT_NAME,
+        )  # fmt: skip
+        return
+    entry, which = export_final(args, state)
+    _logger.info(
+        "done in %.0f s; best mAP %.2f at epoch %d; %s/ holds the %s of epoch %d (%s)",
+        seconds, 100 * state.best_score, state.best_epoch, args.output / MODEL_DIR, which,
+        entry["epoch"], describe(epoch_metrics(entry, which)),
+    )  # fmt: skip
+    if args.push_to_hub is not None:
+        push_to_hub(args, entry, which)
+
+
+def train(ctx: Context, args: argparse.Namespace) -> TrainState:
+    """Build everything, run the epochs (from ``--resume`` on), export; return the final state."""
     start_time = time.perf_counter()
     if ctx.is_main:
-        _logger.info(
-            "cprfl_zoo %s, torch %s, timm %s; %d process(es) on %s",
-            cprfl_zoo.__version__,
-            torch.__version__,
-            timm.__version__,
-            ctx.world_size,
-            ctx.device,
-        )
-        _logger.info("arguments: %s", json.dumps(args_to_dict(args), sort_keys=True))
-
+        log_environment(ctx, args)
     names = class_names_for(args)
-    emb, text_cfg = class_embeddings(ctx, args, names)
-    model = build_model(ctx, args, names, emb, text_cfg)
-    train_set, test_set = build_datasets(ctx, args, model, names)
-    train_loader, test_loader, train_sampler = build_loaders(ctx, args, train_set, test_set)
-    steps_per_epoch = len(train_loader)
-    if args.max_steps is not None:
-        steps_per_epoch = min(steps_per_epoch, args.max_steps)
-    if ctx.is_main:
-        counts = train_set.class_counts
-        _logger.info(
-            "data: %d training / %d test images, %d classes; %d steps per epoch of %d x %d images",
-            len(train_set),
-            len(test_set),
-            len(names),
-            steps_per_epoch,
-            args.batch_size,
-            ctx.world_size,
-        )
-        head = int((counts >= args.head_threshold).sum())
-        tail = int((counts < args.tail_threshold).sum())
-        _logger.info(
-            "classes: %d head (>= %d images), %d medium, %d tail (< %d images)",
-            head,
-            args.head_threshold,
-            len(names) - head - tail,
-            tail,
-            args.tail_threshold,
-        )
-
-    model.to(ctx.device)
-    if args.channels_last:
-        model.to(memory_format=torch.channels_last)
-    ema = ModelEmaV3(model, decay=args.ema) if args.ema > 0 else None
-    optimizer = torch.optim.AdamW(param_groups(model, args), lr=args.lr)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=[group["lr"] for group in optimizer.param_groups],
-        total_steps=args.epochs * steps_per_epoch,
-        pct_start=args.pct_start,
-    )
-    amp_dtype = resolve_amp(args.amp, ctx.device)
-    scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp_dtype == torch.float16)
-    loss_fn = AsymmetricLoss(gamma_neg=4, gamma_pos=0, clip=0.05, reduction="mean")
-    evaluator = MultiLabelEvaluator(
-        train_set.class_counts,
-        head_threshold=args.head_threshold,
-        tail_threshold=args.tail_threshold,
-        class_names=names,
-    )
-
-    start_epoch, best_score, best_epoch, history = 0, -math.inf, 0, []
+    model = build_model(ctx, args, names)
+    train_loader, test_loader = build_loaders(ctx, args, model, names)
+    state = build_state(ctx, args, model, len(train_loader))
     if args.resume is not None:
-        ckpt = load_checkpoint(args, names)
-        model.load_state_dict(ckpt["model"])
-        if ema is not None:
-            ema.module.load_state_dict(ckpt["ema"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, best_score = ckpt["epoch"], ckpt["best_score"]
-        best_epoch, history = ckpt["best_epoch"], ckpt["history"]
-        if ctx.is_main:
-            _logger.info("resumed from %s after epoch %d", args.resume, start_epoch)
-        del ckpt
-
-    net: nn.Module = model
-    if ctx.distributed:
-        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        net = DistributedDataParallel(model, device_ids=ids)
-    if args.compile:
-        net = torch.compile(net)
-
-    output = args.output
-    stopped_early = False
-    for epoch in range(start_epoch, args.epochs):
+        restore(state, load_checkpoint(args, names))
+        _logger.info("resumed from %s after epoch %d", args.resume, state.epoch)
+    evaluator = MultiLabelEvaluator(
+        train_loader.dataset.class_counts, head_threshold=args.head_threshold,
+        tail_threshold=args.tail_threshold, class_names=names,
+    )  # fmt: skip
+    net = wrap_model(ctx, args, model)
+    amp_dtype = resolve_amp(args.amp, ctx.device)
+    loss_fn = AsymmetricLoss(gamma_neg=4, gamma_pos=0, clip=0.05, reduction="mean")
+    last_epoch = args.stop_after_epoch or args.epochs
+    for epoch in range(state.epoch, last_epoch):
         epoch_start = time.perf_counter()
         seed_epoch(args.seed, epoch, ctx.rank)
-        train_sampler.set_epoch(epoch)
-        net.train()
-        loss_sum = torch.zeros((), device=ctx.device)
-        step_lr = math.nan
-        bar = tqdm(
-            total=steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{args.epochs}",
-            disable=True if not ctx.is_main else None,
-            leave=False,
-        )
-        for step, (images, targets) in enumerate(train_loader):
-            if step >= steps_per_epoch:
-                break
-            images = images.to(ctx.device, non_blocking=True)
-            targets = targets.to(ctx.device, non_blocking=True)
-            if args.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = net(images)
-            loss = loss_fn(logits, targets)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if args.clip_grad is not None:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            step_lr = optimizer.param_groups[-1]["lr"]  # the head's, for the log
-            scheduler.step()
-            if ema is not None:
-                ema.update(model)
-            loss_sum += loss.detach()
-            bar.update()
-            if not bar.disable and step % 20 == 0:  # .item() waits for the GPU: not every step
-                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        bar.close()
-        if ctx.distributed:
-            dist.all_reduce(loss_sum)
-        train_loss = float(loss_sum) / (steps_per_epoch * ctx.world_size)
-        sync_buffers(ctx, model, *([ema.module] if ema is not None else []))
-
+        train_loader.sampler.set_epoch(epoch)
+        stats = train_one_epoch(
+            net, train_loader, state, loss_fn, device=ctx.device, amp_dtype=amp_dtype,
+            clip_grad=args.clip_grad, channels_last=args.channels_last,
+            desc=f"epoch {epoch + 1}/{args.epochs}" if ctx.is_main else None,
+        )  # fmt: skip
+        sync_batchnorm_stats(ctx, *state.modules().values())
         results = {
-            "model": evaluate(ctx, model, test_loader, evaluator, amp_dtype, args.channels_last)
-        }
-        if ema is not None:
-            results["EMA"] = evaluate(
-                ctx, ema.module, test_loader, evaluator, amp_dtype, args.channels_last
+            which: validate(
+                module, test_loader, evaluator, amp_dtype=amp_dtype,
+                num_samples=len(test_loader.dataset),
             )
-        which = max(results, key=lambda k: nan_to_ninf(results[k]["mAP"]))
-        score = results[which]["mAP"]
-        improved = not math.isnan(score) and score > best_score
-        if improved:
-            best_score, best_epoch = score, epoch + 1
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "train_loss": train_loss,
-                "lr": step_lr,
-                "best_of_epoch": which,
-                **{f"{k}/{m}": v for k, res in results.items() for m, v in res.items()},
-            }
-        )
+            for which, module in state.modules().items()
+        }  # fmt: skip
+        entry = history_entry(epoch + 1, stats, results)
+        improved = state.record(entry, results[entry["best_of_epoch"]]["mAP"])
         if ctx.is_main:
-            parts = [f"epoch {epoch + 1}/{args.epochs}", f"loss {train_loss:.4f}"]
-            parts.append(f"lr {step_lr:.2e}")
-            parts += [f"{k} {describe(res)}" for k, res in results.items()]
-            parts.append(f"best mAP {100 * best_score:.2f} (epoch {best_epoch})")
-            parts.append(f"{time.perf_counter() - epoch_start:.0f} s")
-            _logger.info(" | ".join(parts))
-            if improved and args.export == "best":
-                export(model if which == "model" else ema.module, args, history[-1], which)
-            atomic_torch_save(
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "model": model.state_dict(),
-                    "ema": ema.module.state_dict() if ema is not None else None,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "epoch": epoch + 1,
-                    "best_score": best_score,
-                    "best_epoch": best_epoch,
-                    "history": history,
-                    "class_names": names,
-                    "args": args_to_dict(args),
-                },
-                output / CHECKPOINT_NAME,
-            )
-            atomic_write_text(output / "metrics.json", json.dumps(history, indent=1) + "\n")
-        if args.stop_after_epoch is not None and epoch + 1 >= args.stop_after_epoch:
-            stopped_early = epoch + 1 < args.epochs
-            if ctx.is_main and stopped_early:
-                _logger.info(
-                    "stopping after epoch %d (--stop-after-epoch); continue with --resume %s",
-                    epoch + 1,
-                    output / CHECKPOINT_NAME,
-                )
-            break
-
-    if args.dump_weights_digest:
-        digest = {
-            "rank": ctx.rank,
-            "world_size": ctx.world_size,
-            "model": state_digest(model),
-            "ema": state_digest(ema.module) if ema is not None else None,
-        }
-        atomic_write_text(output / f"weights-digest-rank{ctx.rank}.json", json.dumps(digest))
-
-    if ctx.is_main and not stopped_early:
-        if args.export == "last" or best_epoch == 0:  # best: unless no finite mAP was measured
-            which = "EMA" if ema is not None else "model"
-            export(ema.module if ema is not None else model, args, history[-1], which)
-            entry = history[-1]
-        else:
-            entry = history[best_epoch - 1]
-            which = entry["best_of_epoch"]
-        _logger.info(
-            "done in %.0f s; best mAP %.2f at epoch %d; %s/ holds the %s of epoch %d (%s)",
-            time.perf_counter() - start_time,
-            100 * best_score,
-            best_epoch,
-            output / MODEL_DIR,
-            which,
-            entry["epoch"],
-            describe(epoch_metrics(entry, which)),
-        )
-        if args.push_to_hub is not None:
-            exported = cprfl_zoo.CPRFL.from_pretrained(output / MODEL_DIR)
-            metrics = card_metrics(epoch_metrics(entry, which))
-            info = exported.push_to_hub(args.push_to_hub, metrics=metrics)
-            _logger.info("pushed to https://huggingface.co/%s (%s)", args.push_to_hub, info)
+            log_epoch(args, state, results, time.perf_counter() - epoch_start)
+            save_outputs(args, state, names, improved)
+    if ctx.is_main:
+        finish(args, state, time.perf_counter() - start_time, stopped=last_epoch < args.epochs)
     barrier(ctx)
-    return 0
+    return state
 
 
 if __name__ == "__main__":

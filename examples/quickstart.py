@@ -81,7 +81,7 @@ what the benchmark found (benchmarks/lt_emoji.py, 3 seeds; docs/src/benchmark_ac
   about twice chance (6.1 AP against 3.5), which a linear head cannot do at all."""
 RANDOM_EMBED_DIM = 1024  # the width of CLIP RN50's text embeddings
 # The digits demo's CPRFL head (``create_cprfl`` arguments), in this one place.
-DIGITS_HEAD = {"dim": 128, "num_heads": 4, "head_dim": 32, "mlp_hidden_dim": 256}
+DIGITS_HEAD = {"embed_dim": 128, "num_heads": 4, "head_dim": 32, "mlp_hidden_dim": 256}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -86,7 +86,7 @@ RANDOM_TEXT_ENCODER = "random"
 # Arguments that must not change when a run is resumed: they shape the model or the schedule.
 RESUME_FIXED_ARGS = (
     "model",
-    "dim",
+    "embed_dim",
     "num_heads",
     "head_dim",
     "mlp_dim",
@@ -168,7 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="start from timm's pretrained (ImageNet) backbone weights",
     )
-    model.add_argument("--dim", type=positive_int, default=2048, help="prompt / VSI width d")
+    model.add_argument(
+        "--embed-dim",
+        "--dim",  # its 0.1.0 name
+        dest="embed_dim",
+        type=positive_int,
+        default=2048,
+        help="width d of the tokens, prompts and VSI (timm's embed_dim)",
+    )
     model.add_argument("--num-heads", type=positive_int, default=8, help="VSI attention heads")
     model.add_argument("--head-dim", type=positive_int, default=512, help="width of each head")
     model.add_argument("--mlp-dim", type=positive_int, default=2048, help="VSI FFN hidden width")
@@ -608,7 +615,7 @@ def model_kwargs(args: argparse.Namespace, emb: Any, cfg: Any) -> dict[str, Any]
     """``create_cprfl`` arguments from the command line (the head sizes in this one place)."""
     kwargs: dict[str, Any] = {
         "pretrained_backbone": args.pretrained_backbone,
-        "dim": args.dim,
+        "embed_dim": args.embed_dim,
         "num_heads": args.num_heads,
         "head_dim": args.head_dim,
         "mlp_hidden_dim": args.mlp_dim,
@@ -963,6 +970,8 @@ def load_checkpoint(args: argparse.Namespace, names: list[str]) -> dict[str, Any
             f"classes, first {ckpt['class_names'][:3]}) than this data ({len(names)} classes)"
         )
     saved, current = ckpt["args"], args_to_dict(args)
+    if "dim" in saved:  # a checkpoint of 0.1.0's train.py
+        saved = {**saved, "embed_dim": saved["dim"]}
     for key in RESUME_FIXED_ARGS:
         if saved.get(key) != current.get(key):
             raise SystemExit(

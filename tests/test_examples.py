@@ -40,7 +40,7 @@ TINY_TRAIN = [
     "--no-pretrained-backbone",
     "--text-encoder", "random",
     "--text-dim", "16",
-    "--dim", "32",
+    "--embed-dim", "32",
     "--num-heads", "2",
     "--head-dim", "8",
     "--mlp-dim", "24",
@@ -241,8 +241,8 @@ def test_resume_refuses_changed_schedule_and_foreign_files(train_script, trained
     base = [*TINY_TRAIN, "--output", str(tmp_path / "out")]
     with pytest.raises(SystemExit, match=r"--epochs is 3 but the checkpoint .* with 2"):
         train_script.main([*base, "--epochs", "3", "--resume", str(ckpt)])
-    with pytest.raises(SystemExit, match="--dim is 64"):
-        train_script.main([*base, "--epochs", "2", "--dim", "64", "--resume", str(ckpt)])
+    with pytest.raises(SystemExit, match="--embed-dim is 64"):
+        train_script.main([*base, "--epochs", "2", "--embed-dim", "64", "--resume", str(ckpt)])
     torn = tmp_path / "torn.pth"
     torn.write_bytes(ckpt.read_bytes()[:1000])
     with pytest.raises(SystemExit, match=r"cannot read checkpoint --resume .*torn\.pth"):

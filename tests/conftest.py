@@ -47,6 +47,17 @@ def random_problem(n=300, c=9, seed=0, p=0.3):
     return scores, targets
 
 
+def value_and_grad(fn, x, y, upstream_seed=1):
+    """A loss and its gradient with respect to ``x`` under a seeded random upstream gradient.
+
+    For the tests of :mod:`cprfl_zoo.losses`.
+    """
+    out = fn(x, y)
+    upstream = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(1))
+    (grad,) = torch.autograd.grad(out, x, upstream)
+    return out.detach(), grad
+
+
 @pytest.fixture
 def tiny_head() -> dict:
     return dict(TINY_HEAD)

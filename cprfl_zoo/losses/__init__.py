@@ -1,0 +1,27 @@
+"""Asymmetric loss (ASL, Ridnik et al., ICCV 2021) for multi-label and single-label training.
+
+:class:`AsymmetricLoss` is a drop-in replacement for the ``AsymmetricLoss`` of the reference
+repository (Alibaba-MIIL/ASL, also copied into the CPRFL code) with the same signature, defaults
+and values, plus float32 computation under mixed precision, partial labels, per-class weights,
+input checks and a hand-written backward that keeps only the inputs for the backward pass.
+:class:`ASLSingleLabel` is the reference's softmax variant with label smoothing.
+
+Shape, dtype and device checks run on every call and cost nothing on the device. Value checks
+(finite logits, targets in range) read the tensors, so they wait for the device once per call;
+they are opt-in (``validate=True``) for debugging a training loop or checking a data set.
+
+Every name is importable from ``cprfl_zoo.losses``; the package holds one module per part:
+
+* :mod:`cprfl_zoo.losses.asymmetric`: the multi-label ASL: :class:`AsymmetricLoss`, its
+  functional form :func:`asymmetric_loss`, the fused autograd function behind both, their input
+  checks, and :data:`UNKNOWN_TARGET`.
+* :mod:`cprfl_zoo.losses.single_label`: :class:`ASLSingleLabel` and its input checks.
+
+This package imports only PyTorch, so it can be used without building a CPRFL model.
+"""
+
+from .asymmetric import UNKNOWN_TARGET, AsymmetricLoss, asymmetric_loss
+from .asymmetric import Reduction as Reduction  # the reduction type, importable here before too
+from .single_label import ASLSingleLabel
+
+__all__ = ["UNKNOWN_TARGET", "ASLSingleLabel", "AsymmetricLoss", "asymmetric_loss"]

@@ -18,7 +18,7 @@ from tiny_clip import (
 from cprfl_zoo import encode_class_names
 from cprfl_zoo.class_lists import VOC_LT_CLASSES
 from cprfl_zoo.cli import CommandError, build_parser, main, read_class_names
-from cprfl_zoo.text_cache import default_cache_dir, load_embeddings_file
+from cprfl_zoo.text.cache import default_cache_dir, load_embeddings_file
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from cprfl_zoo.text import (
     encode_class_names_info,
     load_text_tower,
 )
-from cprfl_zoo.text_cache import (
+from cprfl_zoo.text.cache import (
     EmbeddingCacheWarning,
     cache_file_name,
     default_cache_dir,
@@ -93,7 +93,7 @@ def test_defaults_resolve_to_the_official_encoder(online, monkeypatch: pytest.Mo
         seen["spec"] = spec
         return torch.randn(len(names), 1024)
 
-    monkeypatch.setattr("cprfl_zoo.text._encode_with_tower", fake_encode)
+    monkeypatch.setattr("cprfl_zoo.text.encode._encode_with_tower", fake_encode)
     model = create_cprfl(
         "test_resnet",
         class_names=["traffic_light", "dog"],
@@ -269,7 +269,7 @@ def test_corrupt_or_mismatching_file_is_reported_and_recomputed(
         path.write_bytes(len(raw).to_bytes(8, "little") + raw + bytes(384))
     else:  # a valid file written for other class names, sitting at this entry's path
         other = TextEncoderSpec.resolve(TINY_NAME, tiny).cache_key(["cat"] * 1 + names[1:])
-        from cprfl_zoo.text_cache import save_embeddings_file
+        from cprfl_zoo.text.cache import save_embeddings_file
 
         save_embeddings_file(path, torch.randn(6, 16), other)
     expected = {

@@ -139,3 +139,50 @@ def test_no_import_cycle() -> None:
 def test_named_circles_are_gone(module: str, forbidden: str) -> None:
     """The two circles of issue 12 (model <-> hub, model <-> text) stay cut at module level."""
     assert f"{PACKAGE}.{forbidden}" not in import_graph()[f"{PACKAGE}.{module}"]
+
+
+def _imports_run_ever(body: list[ast.stmt]) -> list[ast.Import | ast.ImportFrom]:
+    """Every import statement that can run, function-level ones included (not TYPE_CHECKING)."""
+    found: list[ast.Import | ast.ImportFrom] = []
+    for node in body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append(node)
+        elif isinstance(node, ast.If) and _is_type_checking(node.test):
+            found += _imports_run_ever(node.orelse)
+        else:
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.stmt):
+                    found += _imports_run_ever([child])
+    return found
+
+
+def _text_modules() -> dict[str, ast.Module]:
+    folder = PACKAGE_DIR / "text"
+    return {
+        _module_name(p): ast.parse(p.read_text(encoding="utf-8"), filename=str(p))
+        for p in sorted(folder.glob("*.py"))
+        if p.name != "__init__.py"
+    }
+
+
+def test_text_package_has_no_circle_even_inside_functions() -> None:
+    modules = _text_modules()
+    assert {f"{PACKAGE}.text.{m}" for m in ("encoder", "encode", "tower", "cache")} <= set(modules)
+    graph = {}
+    for module, tree in modules.items():
+        edges: set[str] = set()
+        for node in _imports_run_ever(tree.body):
+            edges |= {t for t in _targets(node, module, is_package=False) if t in modules}
+        graph[module] = edges - {module}
+    cycle = find_cycle(graph)
+    assert cycle is None, " -> ".join(cycle or [])
+
+
+def test_only_the_text_tower_imports_open_clip() -> None:
+    users = set()
+    for module, tree in _text_modules().items():
+        for node in _imports_run_ever(tree.body):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+            if any((n or "").split(".")[0] == "open_clip" for n in names):
+                users.add(module)
+    assert users == {f"{PACKAGE}.text.tower"}

@@ -20,8 +20,14 @@ from typing import Any
 
 import torch
 
-from . import tower
 from .templates import DEFAULT_TEMPLATES, TEXT_TRANSFORM, check_templates
+from .tower import (
+    hub_weights_cached,
+    is_pretrained_tag,
+    model_names,
+    open_clip_version,
+    pretrained_tags,
+)
 from .weights import local_dir_sha256, weights_file_sha256
 
 _logger = logging.getLogger(__name__)
@@ -214,7 +220,7 @@ class TextConfig:
         """
         if self.model_name.startswith("local-dir:") or self.pretrained_is_file:
             return True
-        return tower.hub_weights_cached(self.model_name, self.pretrained)
+        return hub_weights_cached(self.model_name, self.pretrained)
 
     def cache_key(self, class_names: Sequence[str]) -> dict[str, Any]:
         """Return the cache key of these class names' embeddings.
@@ -256,7 +262,7 @@ class TextConfig:
         if self.embed_dim is not None:
             out["embed_dim"] = int(self.embed_dim)
         if not self.is_custom:
-            out["open_clip_version"] = tower.open_clip_version()
+            out["open_clip_version"] = open_clip_version()
         return out
 
     def provenance(self, embed_dim: int) -> dict[str, Any]:
@@ -290,12 +296,12 @@ def _resolve_weights(
         return model_name, None
 
     model_name = model_name.replace("/", "-")
-    known = tower.model_names()
+    known = model_names()
     if model_name not in known:
         close = difflib.get_close_matches(model_name, known, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown open_clip model name {model_name!r}{hint}")
-    tags = tower.pretrained_tags(model_name)
+    tags = pretrained_tags(model_name)
     if pretrained is None:
         if DEFAULT_PRETRAINED not in tags:
             raise ValueError(
@@ -304,7 +310,7 @@ def _resolve_weights(
             )
         pretrained = DEFAULT_PRETRAINED
     pretrained = os.fspath(pretrained)
-    if tower.is_pretrained_tag(model_name, pretrained):
+    if is_pretrained_tag(model_name, pretrained):
         return model_name, pretrained.lower().replace("-", "_")
     if os.path.isfile(pretrained):
         return model_name, str(Path(pretrained).resolve())

@@ -66,7 +66,7 @@ from cprfl_zoo.fileio import atomic_path, atomic_write_text
 from cprfl_zoo.losses import AsymmetricLoss
 from cprfl_zoo.metrics import MultiLabelEvaluator
 from cprfl_zoo.synthetic import DIGIT_NAMES, make_digit_composites, write_image_list
-from cprfl_zoo.text import TextEncoderSpec, encode_class_names_info
+from cprfl_zoo.text import TextConfig, encode_class_names_info
 
 _logger = logging.getLogger("train")
 
@@ -334,7 +334,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             )
     else:
         try:
-            TextEncoderSpec.resolve(args.text_encoder, args.text_pretrained)
+            TextConfig.resolve(args.text_encoder, args.text_pretrained)
         except ValueError as e:
             parser.error(f"argument --text-encoder/--text-pretrained: {e}")
     if args.output.exists() and not args.output.is_dir():

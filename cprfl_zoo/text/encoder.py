@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import logging
 import os
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
@@ -57,10 +58,6 @@ TEXT_KWARGS = (
 CUSTOM_PREFIX = "custom:"
 _KEY_VERSION = 1
 _SCHEMAS = ("hf-hub:", "local-dir:")
-# TextConfig.resolve's parameters, in the order of TEXT_KWARGS.
-_RESOLVE_ARGS = ("model_name", "pretrained", "templates", "normalize", "cache_dir")
-# The fields to_dict saves; the other keys it writes are derived from them.
-_SAVED_FIELDS = ("model_name", "pretrained", "templates", "normalize", "embed_dim")
 # Keys written beside the fields (derived, or the trainable tower's); never read back.
 _RECORDED_KEYS = frozenset(
     {"weights", "text_transform", "open_clip_version", "trainable", "text_tower"}
@@ -279,6 +276,11 @@ class TextConfig:
 
 TextEncoderSpec = TextConfig
 """The former name of :class:`TextConfig`."""
+
+# The fields to_dict saves (the compared ones); the other keys it writes derive from them.
+_SAVED_FIELDS = tuple(f.name for f in dataclasses.fields(TextConfig) if f.compare)
+# TextConfig.resolve's parameters, in the order of TEXT_KWARGS.
+_RESOLVE_ARGS = tuple(inspect.signature(TextConfig.resolve).parameters)
 
 
 def _resolve_weights(

@@ -22,7 +22,7 @@ import time
 import torch
 
 from cprfl_zoo.class_lists import COCO_LT_CLASSES
-from cprfl_zoo.text import TextTower, _text_arch
+from cprfl_zoo.text.tower import TextTower, text_arch
 
 MODEL = "RN50-quickgelu"
 
@@ -53,10 +53,10 @@ def run(quick: bool = False, device: str = "cpu") -> list[dict]:
         trimmed, on the trimmed rows).
     """
     torch.manual_seed(0)
-    arch = _text_arch(MODEL)
+    arch = text_arch(MODEL)
     if quick:
         arch["text_cfg"]["layers"] = 2
-    tower = TextTower(arch, tokenizer=MODEL).to(device)
+    tower = TextTower(arch, model_name=MODEL).to(device)
     tower.set_class_names(list(COCO_LT_CLASSES))
     trimmed = tower.tokens
     full = torch.zeros(trimmed.shape[0], tower.context_length, dtype=torch.long, device=device)

@@ -122,8 +122,8 @@ def _add_embed(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_embed(args: argparse.Namespace) -> int:
-    from .text import encode_class_names_info
-    from .text_cache import save_embeddings_file
+    from .text import TextConfig, encode_with_config
+    from .text.cache import save_embeddings_file
 
     if args.batch_size <= 0:
         raise CommandError(f"--batch-size must be positive, got {args.batch_size}")
@@ -135,13 +135,12 @@ def _run_embed(args: argparse.Namespace) -> int:
                 raise CommandError(f"--model-config {path}: no such file or folder")
             open_clip.add_model_config(path)
     names = read_class_names(args.classes)
-    result = encode_class_names_info(
+    config = TextConfig.resolve(
+        args.model, args.pretrained, args.templates, args.normalize, cache_dir=args.cache_dir
+    )
+    result = encode_with_config(
+        config,
         names,
-        args.model,
-        args.pretrained,
-        args.templates,
-        normalize=args.normalize,
-        cache_dir=args.cache_dir,
         batch_size=args.batch_size,
         device=args.device,
         progress=False if args.no_progress else None,
@@ -152,11 +151,8 @@ def _run_embed(args: argparse.Namespace) -> int:
         state = "already cached" if result.from_cache else "cached"
         print(f"{state}: {result.cache_file}")
     if args.output:
-        from .text import TextEncoderSpec
-
-        spec = TextEncoderSpec.resolve(args.model, args.pretrained, args.templates, args.normalize)
         path = save_embeddings_file(
-            args.output, emb, spec.cache_key(names), result.text_encoder_cfg
+            args.output, emb, config.cache_key(names), result.text_encoder_cfg
         )
         print(f"written: {path}")
     elif result.cache_file is None:

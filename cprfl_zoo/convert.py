@@ -297,7 +297,7 @@ def official_text_tower(
     if not text_sd:
         raise ValueError(f"{source} has no text_encoder.* tensors (the fine-tuned CLIP text tower)")
     arch = _text_arch(text_sd, source)
-    tower = TextTower(arch, tokenizer=OFFICIAL_TOKENIZER, templates=(OFFICIAL_TEMPLATE,))
+    tower = TextTower(arch, model_name=OFFICIAL_TOKENIZER, templates=(OFFICIAL_TEMPLATE,))
     expected = tower.text.state_dict()
     problems = sorted(set(expected) ^ set(text_sd)) + sorted(
         k for k in expected if k in text_sd and expected[k].shape != text_sd[k].shape

@@ -310,7 +310,7 @@ class CPRFL(nn.Module):
             with torch.no_grad():
                 text_embeddings = self.text_tower().float()
         elif text_embeddings is None:
-            from .text import encode_class_names_from_config
+            from .text.encode import encode_class_names_from_config
 
             if not self.text_encoder_cfg.get("model_name"):
                 raise ValueError(
@@ -318,7 +318,7 @@ class CPRFL(nn.Module):
                     "which text encoder produced its class embeddings"
                 )
             text_embeddings, _ = encode_class_names_from_config(
-                validate_class_inputs(class_names), self.text_encoder_cfg, same_weights=True
+                class_names, self.text_encoder_cfg, same_weights=True
             )
         names = validate_class_inputs(class_names, text_embeddings)
         if text_embeddings.shape[1] != self.text_dim:

@@ -75,7 +75,7 @@ from cprfl_zoo.losses import AsymmetricLoss
 from cprfl_zoo.metrics import MultiLabelEvaluator
 from cprfl_zoo.predict import collect_logits
 from cprfl_zoo.synthetic import DIGIT_NAMES, make_digit_composites, write_image_list
-from cprfl_zoo.text import TextEncoderSpec, encode_class_names_info
+from cprfl_zoo.text import TextConfig, encode_class_names_info
 
 _logger = logging.getLogger("train")
 
@@ -326,7 +326,7 @@ def _check_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
         parser.error(f"argument --model: {args.model!r} is not a timm model name{hint}")
     if args.text_encoder != RANDOM_TEXT_ENCODER:
         try:
-            TextEncoderSpec.resolve(args.text_encoder, args.text_pretrained)
+            TextConfig.resolve(args.text_encoder, args.text_pretrained)
         except ValueError as e:
             parser.error(f"argument --text-encoder/--text-pretrained: {e}")
     elif args.text_pretrained is not None:

@@ -24,7 +24,7 @@ from cprfl_zoo.cli import (
     read_class_counts,
     read_class_names,
 )
-from cprfl_zoo.text_cache import default_cache_dir, load_embeddings_file
+from cprfl_zoo.text.cache import default_cache_dir, load_embeddings_file
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ from PIL import Image
 
 import cprfl_zoo
 import cprfl_zoo.factory
-import cprfl_zoo.text
+import cprfl_zoo.text.encode
 from cprfl_zoo import CPRFL
 from cprfl_zoo.class_lists import COCO_LT_CLASSES
 
@@ -201,7 +201,7 @@ def _install(monkeypatch: pytest.MonkeyPatch, env: _Env) -> None:
     monkeypatch.setattr(CPRFL, "save_pretrained", save_pretrained)
     monkeypatch.setattr(CPRFL, "push_to_hub", push_to_hub)
     monkeypatch.setattr(cprfl_zoo, "encode_class_names", encode_class_names)
-    monkeypatch.setattr(cprfl_zoo.text, "encode_class_names_from_config", encode_from_config)
+    monkeypatch.setattr(cprfl_zoo.text.encode, "encode_class_names_from_config", encode_from_config)
 
     class SentenceTransformer:  # the sentence-transformers API the text-embeddings page uses
         def __init__(self, name: str) -> None:

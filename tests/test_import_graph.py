@@ -181,3 +181,24 @@ def test_named_circles_are_gone(module: str, forbidden: str) -> None:
 
 def test_model_imports_its_collaborators_at_module_level() -> None:
     assert {f"{PACKAGE}.hub", f"{PACKAGE}.deploy"} <= import_graph()[f"{PACKAGE}.model"]
+
+
+def _text_modules() -> dict[str, ast.Module]:
+    folder = PACKAGE_DIR / "text"
+    return {
+        _module_name(p): ast.parse(p.read_text(encoding="utf-8"), filename=str(p))
+        for p in sorted(folder.glob("*.py"))
+        if p.name != "__init__.py"
+    }
+
+
+def test_only_the_text_tower_imports_open_clip() -> None:
+    modules = _text_modules()
+    assert {f"{PACKAGE}.text.{m}" for m in ("encoder", "encode", "tower", "cache")} <= set(modules)
+    users = set()
+    for module, tree in modules.items():
+        for node in _all_imports(tree.body):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+            if any((n or "").split(".")[0] == "open_clip" for n in names):
+                users.add(module)
+    assert users == {f"{PACKAGE}.text.tower"}

@@ -19,17 +19,22 @@ from cprfl_zoo.text import (
     DEFAULT_MODEL_NAME,
     DEFAULT_PRETRAINED,
     DEFAULT_TEMPLATES,
+    TEXT_KWARGS,
     OfflineCacheMissError,
+    TextConfig,
     TextEncoderSpec,
     TextTower,
     encode_class_names_from_config,
     encode_class_names_info,
     load_text_tower,
+    pop_text_encoder_kwargs,
+    resolve_text_config,
 )
-from cprfl_zoo.text_cache import (
+from cprfl_zoo.text.cache import (
     EmbeddingCacheWarning,
     cache_file_name,
     default_cache_dir,
+    key_digest,
     load_embeddings_file,
     read_cache_entry,
     write_cache_entry,
@@ -93,7 +98,7 @@ def test_defaults_resolve_to_the_official_encoder(online, monkeypatch: pytest.Mo
         seen["spec"] = spec
         return torch.randn(len(names), 1024)
 
-    monkeypatch.setattr("cprfl_zoo.text._encode_with_tower", fake_encode)
+    monkeypatch.setattr("cprfl_zoo.text.encode._encode_with_tower", fake_encode)
     model = create_cprfl(
         "test_resnet",
         class_names=["traffic_light", "dog"],
@@ -120,6 +125,104 @@ def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path: Path) 
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_cache_dir() == tmp_path / "home" / ".cache" / "cprfl_zoo" / "text_embeddings"
+
+
+def test_default_cache_key_is_pinned() -> None:
+    # Caches filled by earlier versions must keep hitting: the key and its file name never change.
+    key = TextConfig.resolve().cache_key(["person", "traffic_light"])
+    assert key == {
+        "version": 1,
+        "model_name": "RN50-quickgelu",
+        "weights": "tag:openai",
+        "templates": ["a photo of a {}."],
+        "normalize": False,
+        "text_transform": "underscores-to-spaces",
+        "class_names": ["person", "traffic_light"],
+    }
+    assert key_digest(key) == "68f6e2060b03b68099ce4f0c66297725f463096f7d2054bea5b8fc57e7d03854"
+    assert cache_file_name(key) == "RN50-quickgelu-2c-68f6e2060b03b680.safetensors"
+
+
+def test_text_config_round_trips_through_its_dict(tiny: Path) -> None:
+    default = TextConfig.resolve()
+    assert default == TextConfig() and TextEncoderSpec is TextConfig
+    assert list(default.provenance(1024)) == [
+        "model_name",
+        "pretrained",
+        "weights",
+        "templates",
+        "normalize",
+        "text_transform",
+        "embed_dim",
+        "open_clip_version",
+    ]
+    configs = [
+        default,
+        TextConfig.resolve(TINY_NAME, tiny, ["{}", "a {}"]),
+        TextConfig.resolve(_BagOfLetters(), normalize=True),
+    ]
+    for cfg in configs:
+        for sized in (cfg, TextConfig.from_dict(cfg.provenance(16))):
+            saved = json.loads(json.dumps(sized.to_dict()))
+            assert TextConfig.from_dict(saved) == sized
+    custom = TextConfig.from_dict(configs[2].to_dict())
+    assert custom.to_dict() == {"model_name": "custom:test_text._BagOfLetters", "normalize": True}
+    with pytest.raises(ValueError, match="custom text encoder"):
+        encode_class_names_from_config(["dog"], configs[2].to_dict())
+
+
+def test_resolve_text_config_puts_keywords_over_a_saved_config(tiny: Path, tmp_path) -> None:
+    assert resolve_text_config() == TextConfig.resolve()
+    saved = TextConfig.resolve(TINY_NAME, tiny).provenance(16)
+    cfg = resolve_text_config(
+        templates=["{}", "a {}"],
+        normalize_embeddings=True,
+        embed_cache_dir=tmp_path,
+        text_encoder_cfg=saved,
+    )
+    assert (cfg.model_name, cfg.pretrained) == (TINY_NAME, str(tiny.resolve()))
+    assert cfg.templates == ("{}", "a {}") and cfg.normalize and cfg.cache_dir == tmp_path
+    assert cfg.embed_dim is None  # a new request: the width is known once encoded
+    kwargs = dict.fromkeys(TEXT_KWARGS, "x") | {"dim": 32, "templates": None}
+    found = pop_text_encoder_kwargs(kwargs)
+    assert kwargs == {"dim": 32} and set(found) == set(TEXT_KWARGS) - {"templates"}
+    with pytest.raises(ValueError, match="normalize=False is only possible"):
+        resolve_text_config(templates=["{}", "a {}"], text_encoder_cfg=saved)
+
+
+def test_class_names_are_checked_once_by_the_text_side(
+    tiny: Path, online, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cprfl_zoo.model
+    import cprfl_zoo.text.encode
+
+    calls: list[str] = []
+
+    def counting(where, real):
+        def check(*args, **kwargs):
+            calls.append(where)
+            return real(*args, **kwargs)
+
+        return check
+
+    for module in (cprfl_zoo.model, cprfl_zoo.text.encode):
+        real = module.validate_class_inputs
+        monkeypatch.setattr(module, "validate_class_inputs", counting(module.__name__, real))
+    model = create_cprfl(
+        "test_resnet",
+        class_names=["dog", "cat"],
+        pretrained_backbone=False,
+        text_encoder=TINY_NAME,
+        text_pretrained=tiny,
+        dim=32,
+        num_heads=2,
+        head_dim=8,
+        mlp_hidden_dim=24,
+    )
+    assert calls.count("cprfl_zoo.text.encode") == 1
+    calls.clear()
+    model.set_classes(["zebra", "tv"])
+    assert calls == ["cprfl_zoo.text.encode", "cprfl_zoo.model"]
 
 
 # ---------------------------------------------------------------------- numerics
@@ -269,7 +372,7 @@ def test_corrupt_or_mismatching_file_is_reported_and_recomputed(
         path.write_bytes(len(raw).to_bytes(8, "little") + raw + bytes(384))
     else:  # a valid file written for other class names, sitting at this entry's path
         other = TextEncoderSpec.resolve(TINY_NAME, tiny).cache_key(["cat"] * 1 + names[1:])
-        from cprfl_zoo.text_cache import save_embeddings_file
+        from cprfl_zoo.text.cache import save_embeddings_file
 
         save_embeddings_file(path, torch.randn(6, 16), other)
     expected = {

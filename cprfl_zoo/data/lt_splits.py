@@ -146,7 +146,7 @@ _SPLITS_SUBDIR = "lt_splits"
 def default_cache_dir() -> Path:
     """Return the folder that holds the cached benchmark list files.
 
-    Like the text-embedding cache (:mod:`cprfl_zoo.text_cache`), it lives under the cprfl_zoo
+    Like the text-embedding cache (:mod:`cprfl_zoo.text.cache`), it lives under the cprfl_zoo
     cache root: ``$CPRFL_ZOO_CACHE/lt_splits`` if that variable is set, else
     ``$XDG_CACHE_HOME/cprfl_zoo/lt_splits``, else ``~/.cache/cprfl_zoo/lt_splits``. Files are
     kept as ``coco/coco_lt_train.txt`` etc. below it. The folder is not created.

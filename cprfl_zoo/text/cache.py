@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from safetensors.torch import load, save
 
-from .fileio import CACHE_ENV, atomic_write_bytes, cache_folder, cache_root
+from ..fileio import CACHE_ENV, atomic_write_bytes, cache_folder, cache_root
 
 __all__ = [
     "CACHE_ENV",

@@ -26,6 +26,7 @@ __all__ = [
     "HEAD_FIELDS",
     "MODEL_ARGS",
     "HeadConfig",
+    "resolve_head_config",
     "upgrade_legacy_args",
     "validate_head_args",
 ]
@@ -129,6 +130,55 @@ MODEL_ARGS: frozenset[str] = frozenset(HEAD_FIELDS) | {
     "thresholds",
 }
 """Every argument of :class:`~cprfl_zoo.model.CPRFL`; the keys a saved ``model_args`` may hold."""
+
+
+def resolve_head_config(
+    head_cfg: HeadConfig | None, head_args: Mapping[str, Any], *, text_width: int | None
+) -> HeadConfig:
+    """The head config of a CPRFL build, from ``head_cfg`` or the fields as keyword arguments.
+
+    Args:
+        head_cfg: A complete record, or ``None``.
+        head_args: Head fields passed as keyword arguments (the 0.1.0 spelling is translated,
+            with a ``FutureWarning``).
+        text_width: The width of the given class embeddings, which sets ``text_dim``; ``None``
+            when no embeddings are given (``text_dim`` is then required).
+
+    Returns:
+        The checked config.
+
+    Raises:
+        ValueError: For an unknown argument, a head given twice, a ``text_dim`` that disagrees
+            with the embeddings, no way to know ``text_dim``, or a field out of range.
+    """
+    unknown = sorted(set(head_args) - set(HEAD_FIELDS) - {_LEGACY_HEAD_WIDTH})
+    if unknown:
+        raise ValueError(
+            f"unknown argument(s) {', '.join(unknown)} for CPRFL; its head takes "
+            f"{', '.join(HEAD_FIELDS)} (or head_cfg=HeadConfig(...))"
+        )
+    args = upgrade_legacy_args(head_args, warn=True)
+    if head_cfg is not None:
+        if args:
+            raise ValueError(
+                f"the head is given twice: as head_cfg and as {', '.join(sorted(args))}; pass "
+                "dataclasses.replace(head_cfg, ...) instead"
+            )
+        args = head_cfg.to_dict()
+    if text_width is not None:
+        if args.get("text_dim") not in (None, text_width):
+            raise ValueError(
+                f"text_embeddings have width {text_width} but text_dim={args['text_dim']} (the "
+                "PI input width) was requested"
+            )
+        args["text_dim"] = text_width
+    elif args.get("text_dim") is None:
+        raise ValueError(
+            "text_embeddings are needed: pass a (num_classes, text_dim) tensor of class "
+            "text embeddings (see cprfl_zoo.encode_class_names), or create the model with "
+            "cprfl_zoo.create_cprfl, which computes them from the class names"
+        )
+    return HeadConfig(**args)
 
 
 def upgrade_legacy_args(args: Mapping[str, Any], *, warn: bool) -> dict[str, Any]:

@@ -25,13 +25,7 @@ from torch import nn
 from .backbone import backbone_tokens, check_images, check_tokens, create_backbone
 from .classes import validate_class_inputs
 from .deploy import DeployedCPRFL
-from .head_config import (
-    COSINE_EPS,
-    HEAD_FIELDS,
-    HeadConfig,
-    upgrade_legacy_args,
-    validate_head_args,
-)
+from .head_config import COSINE_EPS, HeadConfig, resolve_head_config, validate_head_args
 from .hub import load_pretrained, push_to_hub, save_pretrained
 from .predict import predict
 from .prompt_init import PromptInit
@@ -49,44 +43,8 @@ _DATA_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mo
 
 
 COSINE_INIT_SCALE = 10.0  # initial s of the opt-in cosine classifier
-_LEGACY_ARGS = frozenset({"dim"})
 # Head fields that change training only; not saved, so a loaded model takes the caller's rates.
 _TRAINING_ONLY = ("drop_rate", "attn_drop_rate")
-
-
-def _head_config(
-    head_cfg: HeadConfig | None, head_args: dict[str, Any], text_embeddings: torch.Tensor | None
-) -> HeadConfig:
-    """The head's config from ``head_cfg`` or the keyword fields, with ``text_dim`` filled in."""
-    unknown = sorted(set(head_args) - set(HEAD_FIELDS) - _LEGACY_ARGS)
-    if unknown:
-        raise ValueError(
-            f"unknown argument(s) {', '.join(unknown)} for CPRFL; its head takes "
-            f"{', '.join(HEAD_FIELDS)} (or head_cfg=HeadConfig(...))"
-        )
-    args = upgrade_legacy_args(head_args, warn=True)
-    if head_cfg is not None:
-        if args:
-            raise ValueError(
-                f"the head is given twice: as head_cfg and as {', '.join(sorted(args))}; pass "
-                "dataclasses.replace(head_cfg, ...) instead"
-            )
-        args = head_cfg.to_dict()
-    if text_embeddings is not None:
-        width = int(text_embeddings.shape[1])
-        if args.get("text_dim") not in (None, width):
-            raise ValueError(
-                f"text_embeddings have width {width} but text_dim={args['text_dim']} (the PI "
-                "input width) was requested"
-            )
-        args["text_dim"] = width
-    elif args.get("text_dim") is None:
-        raise ValueError(
-            "text_embeddings are needed: pass a (num_classes, text_dim) tensor of class "
-            "text embeddings (see cprfl_zoo.encode_class_names), or create the model with "
-            "cprfl_zoo.create_cprfl, which computes them from the class names"
-        )
-    return HeadConfig(**args)
 
 
 class CPRFL(nn.Module):
@@ -160,7 +118,8 @@ class CPRFL(nn.Module):
             )
         if global_pool:
             raise ValueError(f"CPRFL does not pool its features; got global_pool={global_pool!r}")
-        cfg = _head_config(head_cfg, head_args, text_embeddings)
+        width = None if text_embeddings is None else int(text_embeddings.shape[1])
+        cfg = resolve_head_config(head_cfg, head_args, text_width=width)
         validate_head_args({"in_chans": in_chans})
 
         backbone_kwargs = dict(backbone_kwargs or {})

@@ -71,13 +71,14 @@ try:
         long_tailed_counts,
     )
 except ModuleNotFoundError:  # imported as benchmarks.lt_multilabel
-    from benchmarks import _assets
-    from benchmarks._heads import CPRFLOnTokens, OnImages, PooledLinear, make_loss
     from benchmarks._lt_compose import (
         SourceImages,
         compose_set,
         long_tailed_counts,
     )
+
+    from benchmarks import _assets
+    from benchmarks._heads import CPRFLOnTokens, OnImages, PooledLinear, make_loss
 
 RESULTS = Path(__file__).resolve().parent / "results" / "lt_multilabel.json"
 

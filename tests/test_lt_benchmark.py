@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import _assets
 import lt_multilabel
-from _lt_compose import (
+from cprfl_zoo.synthetic import (
     GRID,
     SourceImages,
     compose_canvases,

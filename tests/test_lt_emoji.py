@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import _emoji
 import lt_emoji
-from _lt_compose import GRID, compose_canvases, compose_rgba_set, render_rgba_canvas
+from cprfl_zoo.synthetic import GRID, compose_canvases, compose_rgba_set, render_rgba_canvas
 
 from cprfl_zoo.metrics import long_tail_split
 

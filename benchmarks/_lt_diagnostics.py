@@ -10,12 +10,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from _heads import CPRFLOnTokens
 from torch import nn
-
-try:
-    from _heads import CPRFLOnTokens
-except ModuleNotFoundError:  # imported as benchmarks._lt_diagnostics
-    from benchmarks._heads import CPRFLOnTokens
 
 
 def cprfl_model(module: nn.Module) -> nn.Module | None:

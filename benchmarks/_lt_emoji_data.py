@@ -11,16 +11,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import _emoji
 import numpy as np
+from _heads import PAPER_HEAD, SMALL_HEAD
 
 from cprfl_zoo.synthetic import ComposedSet, compose_rgba_set, long_tailed_counts
-
-try:
-    import _emoji
-    from _heads import PAPER_HEAD, SMALL_HEAD
-except ModuleNotFoundError:  # imported as benchmarks._lt_emoji_data
-    from benchmarks import _emoji
-    from benchmarks._heads import PAPER_HEAD, SMALL_HEAD
 
 RESULTS = Path(__file__).resolve().parent / "results" / "lt_emoji.json"
 BACKBONE = "tf_efficientnet_lite0"

@@ -9,20 +9,13 @@ import copy
 import time
 from typing import Any
 
+import _lt_train
 import numpy as np
 import torch
+from _heads import CPRFLOnTokens, OnImages, PooledLinear, make_cprfl, make_loss
+from _lt_diagnostics import cprfl_model, logit_diagnostics, prompt_diagnostics
+from _lt_emoji_data import BACKBONE, EmojiConfig
 from torch import nn
-
-try:
-    import _lt_train
-    from _heads import CPRFLOnTokens, OnImages, PooledLinear, make_cprfl, make_loss
-    from _lt_diagnostics import cprfl_model, logit_diagnostics, prompt_diagnostics
-    from _lt_emoji_data import BACKBONE, EmojiConfig
-except ModuleNotFoundError:  # imported as benchmarks._lt_emoji_methods
-    from benchmarks import _lt_train
-    from benchmarks._heads import CPRFLOnTokens, OnImages, PooledLinear, make_cprfl, make_loss
-    from benchmarks._lt_diagnostics import cprfl_model, logit_diagnostics, prompt_diagnostics
-    from benchmarks._lt_emoji_data import BACKBONE, EmojiConfig
 
 
 def extract_tokens(backbone: nn.Module, canvases: np.ndarray, device: str, batch: int = 64):

@@ -13,12 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-try:
-    from _lt_emoji_data import BACKBONE, METHODS, OPTIONS, REGIMES
-    from _lt_train import mean_std as _mean_std
-except ModuleNotFoundError:  # imported as benchmarks._lt_emoji_report
-    from benchmarks._lt_emoji_data import BACKBONE, METHODS, OPTIONS, REGIMES
-    from benchmarks._lt_train import mean_std as _mean_std
+from _lt_emoji_data import BACKBONE, METHODS, OPTIONS, REGIMES
+from _lt_train import mean_std as _mean_std
 
 
 def load_results(path: Path) -> dict[str, Any]:

@@ -6,13 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-try:
-    from _lt_emoji_data import REGIMES
-    from _lt_emoji_report import selected_runs
-except ModuleNotFoundError:  # imported as benchmarks._lt_plot
-    from benchmarks._lt_emoji_data import REGIMES
-    from benchmarks._lt_emoji_report import selected_runs
+from _lt_emoji_data import REGIMES
+from _lt_emoji_report import selected_runs
 
 
 def plot_ap_vs_count(doc: dict[str, Any], path: Path) -> None:

@@ -72,12 +72,9 @@ def imagenet_backbone(name: str, device: str = "cpu") -> tuple[nn.Module, dict, 
         The backbone (channels-last, eval, on ``device``), its state dict without the
         classifier, and ``_assets.imagenet_check``'s result.
     """
-    from cprfl_zoo.backbone import create_backbone
+    import _assets
 
-    try:
-        import _assets
-    except ModuleNotFoundError:  # imported as benchmarks._lt_train
-        from benchmarks import _assets
+    from cprfl_zoo.backbone import create_backbone
 
     classifier = _assets.efficientnet_lite0_imagenet()
     check = _assets.imagenet_check(classifier)

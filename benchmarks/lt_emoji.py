@@ -30,65 +30,30 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import _assets
+import _emoji
 import torch
 import torch.nn.functional as F
+from _heads import make_loss
+from _lt_diagnostics import logit_diagnostics
+from _lt_emoji_data import (
+    BACKBONE,
+    METHODS,
+    OPTIONS,
+    REGIMES,
+    RESULTS,
+    TEMPLATE,
+    EmojiConfig,
+    EmojiSplits,
+    compose_splits,
+    config_for,
+    training_counts,
+)
+from _lt_emoji_methods import batches, build_method, extract_tokens, predict, run_one, train
+from _lt_emoji_report import _chosen_lr, _run_key, format_tables, load_results, merge
+from _lt_train import imagenet_backbone, logger, to_input
 
 from cprfl_zoo.fileio import atomic_write_text
-
-try:
-    import _assets
-    import _emoji
-    from _heads import make_loss
-    from _lt_diagnostics import logit_diagnostics
-    from _lt_emoji_data import (
-        BACKBONE,
-        METHODS,
-        OPTIONS,
-        REGIMES,
-        RESULTS,
-        TEMPLATE,
-        EmojiConfig,
-        EmojiSplits,
-        compose_splits,
-        config_for,
-        training_counts,
-    )
-    from _lt_emoji_methods import batches, build_method, extract_tokens, predict, run_one, train
-    from _lt_emoji_report import _chosen_lr, _run_key, format_tables, load_results, merge
-    from _lt_train import imagenet_backbone, logger, to_input
-except ModuleNotFoundError:  # imported as benchmarks.lt_emoji
-    from benchmarks import _assets, _emoji
-    from benchmarks._heads import make_loss
-    from benchmarks._lt_diagnostics import logit_diagnostics
-    from benchmarks._lt_emoji_data import (
-        BACKBONE,
-        METHODS,
-        OPTIONS,
-        REGIMES,
-        RESULTS,
-        TEMPLATE,
-        EmojiConfig,
-        EmojiSplits,
-        compose_splits,
-        config_for,
-        training_counts,
-    )
-    from benchmarks._lt_emoji_methods import (
-        batches,
-        build_method,
-        extract_tokens,
-        predict,
-        run_one,
-        train,
-    )
-    from benchmarks._lt_emoji_report import (
-        _chosen_lr,
-        _run_key,
-        format_tables,
-        load_results,
-        merge,
-    )
-    from benchmarks._lt_train import imagenet_backbone, logger, to_input
 
 # Re-exported: examples/quickstart.py and the tests use them as lt_emoji.<name>.
 __all__ = [
@@ -225,10 +190,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"results in {args.output}")
     print(format_tables(doc))
     if args.plot:
-        try:
-            from _lt_plot import plot_ap_vs_count
-        except ModuleNotFoundError:
-            from benchmarks._lt_plot import plot_ap_vs_count
+        from _lt_plot import plot_ap_vs_count
+
         plot_ap_vs_count(doc, args.plot)
         print(f"plot written to {args.plot}")
 

@@ -65,23 +65,25 @@ def extract_tokens(
     return torch.cat(out).contiguous()
 
 
-def imagenet_backbone(name: str, device: str = "cpu") -> tuple[nn.Module, dict, list]:
+def imagenet_backbone(
+    name: str, device: str = "cpu", check: bool = True
+) -> tuple[nn.Module, dict, list | None]:
     """The ImageNet EfficientNet-Lite0 backbone (``_assets``), its state dict and photo check.
 
     Returns:
         The backbone (channels-last, eval, on ``device``), its state dict without the
-        classifier, and ``_assets.imagenet_check``'s result.
+        classifier, and ``_assets.imagenet_check``'s result (None without ``check``).
     """
     import _assets
 
     from cprfl_zoo.backbone import create_backbone
 
     classifier = _assets.efficientnet_lite0_imagenet()
-    check = _assets.imagenet_check(classifier)
+    checked = _assets.imagenet_check(classifier) if check else None
     state = {k: v for k, v in classifier.state_dict().items() if not k.startswith("classifier.")}
     backbone = create_backbone(name)
     backbone.load_state_dict(state, strict=True)
-    return backbone.to(device, memory_format=torch.channels_last).eval(), state, check
+    return backbone.to(device, memory_format=torch.channels_last).eval(), state, checked
 
 
 def train(

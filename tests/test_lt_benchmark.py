@@ -21,6 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import _assets
+import _mnist
 import lt_multilabel
 
 from cprfl_zoo.metrics import long_tail_split
@@ -207,7 +208,7 @@ def test_a_missing_benchmark_package_names_the_install_command_and_installs_noth
 
 
 def test_missing_fashion_mnist_names_the_apt_command(monkeypatch, tmp_path):
-    monkeypatch.setattr(_assets, "FASHION_DIR", tmp_path / "absent")
-    monkeypatch.setattr(_assets, "_fashion_dir_from_dpkg", lambda: None)
+    monkeypatch.setattr(_mnist, "FASHION_DIR", tmp_path / "absent")
+    monkeypatch.setattr(_mnist, "_fashion_dir_from_dpkg", lambda: None)
     with pytest.raises(RuntimeError, match=r"apt-get install -y dataset-fashion-mnist"):
         _assets.ensure_fashion_mnist()

@@ -1,15 +1,9 @@
 """Run every speed benchmark of cprfl_zoo and print one table of ratios measured side by side.
 
-Benchmarks (each a module of this folder with ``run(quick=...)``):
-
-* ``head``: the CPRFL head vs the naive full self-attention form, C = 80, 1,000, 10,000;
-* ``train_step``: a ResNet-101 / 448 px / batch 2 training step with cached class embeddings vs
-  re-encoding the prompts through CLIP's text tower every step (official code), and vs this
-  package's trainable-text-encoder mode;
-* ``asl``: AsymmetricLoss vs the reference formulation;
-* ``create``: ``create_cprfl`` on a text-embedding cache hit vs a miss;
-* ``text_encode``: the CLIP text tower on the trimmed vs the full 77-token context;
-* ``deploy``: eval throughput of ``model.deploy()`` vs the model in eval mode (C = 80 to 10,000).
+Table-driven: each entry ``NAME`` of ``_TABLE`` is the module ``bench_NAME.py`` of this folder
+(with ``run(quick=...)``, whose docstring describes it) and the reducer
+``_run_all_summaries.summarize_NAME``: ``head``, ``train_step``, ``asl``, ``create``,
+``text_encode``, ``deploy``.
 
 Every ratio in the table is *other / ours*: above 1 means this package's way is faster (or
 smaller). The raw rows, the table and the environment (torch, device, threads, CPU model, git
@@ -217,18 +211,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     out = run_benchmarks(chosen, quick=args.quick, device=args.device, dtype=dtype)
-    report = {
-        "schema": SCHEMA,
-        "created": created,
-        "args": {
-            "quick": args.quick,
-            "device": args.device,
-            "dtype": dtype,
-            "only": args.only or names,
-        },
-        "env": env,
-        **out,
-    }
+    options = {"quick": args.quick, "device": args.device, "dtype": dtype}
+    report = {"schema": SCHEMA, "created": created, "args": {**options, "only": args.only or names}}
+    report.update(env=env, **out)
     print()
     print(format_summary(report["summary"], previous))
     stamped, latest = write_report(report, args.out_dir)

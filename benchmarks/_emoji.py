@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from _emoji_classes import CLASSES, NAME_OVERRIDES
 
 STYLES = ("google", "twitter")
 VERSION = "16.0.0"
@@ -36,80 +37,8 @@ SHA256 = {
     "google": "fb5fd131b362aab7a55542d2a147a79708cce0a8b1c1bbacd470172708b5c438",
     "twitter": "f64a530c63bca463bd8317fdc4615ce63a53a0c65018e4ce2d848aaba7a28877",
 }
+__all__ = ["CLASSES", "NAME_OVERRIDES"]  # re-exported from _emoji_classes
 LICENCES = {"google": "Apache-2.0 (Noto Color Emoji)", "twitter": "CC-BY 4.0 (Twemoji)"}
-
-# (subcategory, emoji short names): 8 visually related emoji per subcategory.
-CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    (
-        "animal-mammal",
-        ("tiger2", "leopard", "lion_face", "cat2", "dog2", "wolf", "fox_face", "bear"),
-    ),
-    ("animal-bird", ("rooster", "chicken", "penguin", "eagle", "duck", "owl", "parrot", "swan")),
-    (
-        "animal-marine",
-        ("whale2", "dolphin", "fish", "tropical_fish", "blowfish", "shark", "octopus", "crab"),
-    ),
-    (
-        "food-fruit",
-        ("apple", "green_apple", "pear", "peach", "tangerine", "lemon", "cherries", "strawberry"),
-    ),
-    (
-        "food-vegetable",
-        (
-            "hot_pepper",
-            "bell_pepper",
-            "corn",
-            "eggplant",
-            "cucumber",
-            "carrot",
-            "broccoli",
-            "potato",
-        ),
-    ),
-    (
-        "food-prepared",
-        ("hamburger", "pizza", "hotdog", "taco", "burrito", "sandwich", "bread", "croissant"),
-    ),
-    (
-        "transport-ground",
-        ("racing_car", "car", "blue_car", "taxi", "police_car", "bus", "truck", "fire_engine"),
-    ),
-    (
-        "transport-air",
-        (
-            "airplane",
-            "small_airplane",
-            "airplane_departure",
-            "airplane_arriving",
-            "helicopter",
-            "rocket",
-            "flying_saucer",
-            "parachute",
-        ),
-    ),
-    (
-        "sport",
-        (
-            "soccer",
-            "basketball",
-            "football",
-            "rugby_football",
-            "volleyball",
-            "baseball",
-            "softball",
-            "tennis",
-        ),
-    ),
-)
-# Plain names where the Unicode name is not what a caption would say.
-NAME_OVERRIDES = {
-    "corn": "corn",
-    "eggplant": "eggplant",
-    "pizza": "pizza slice",
-    "basketball": "basketball",
-    "tennis": "tennis ball",
-    "blue_car": "recreational vehicle",
-}
 
 
 def tarball_name(style: str) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -48,3 +51,49 @@ def make_loss(method: str) -> nn.Module:
     if method.endswith("BCE"):
         return nn.BCEWithLogitsLoss()
     return AsymmetricLoss(gamma_neg=4, gamma_pos=0, clip=0.05, reduction="mean")
+
+
+def head_spec(width: int, num_heads: int, head_dim: int, mlp_hidden_dim: int) -> dict[str, int]:
+    """CPRFL head arguments of ``create_cprfl`` (the one place that spells the width's name)."""
+    return {
+        "dim": width,
+        "num_heads": num_heads,
+        "head_dim": head_dim,
+        "mlp_hidden_dim": mlp_hidden_dim,
+    }
+
+
+def head_width(head: dict[str, int]) -> int:
+    """The head width of a :func:`head_spec` (also as saved in older results files)."""
+    return head["embed_dim"] if "embed_dim" in head and "dim" not in head else head["dim"]
+
+
+SMALL_HEAD = head_spec(256, 4, 64, 512)  # the CPU benchmarks' head
+PAPER_HEAD = head_spec(2048, 8, 512, 2048)  # the paper's head sizes
+
+
+def make_cprfl(
+    backbone_name: str,
+    backbone_state: dict[str, torch.Tensor],
+    class_names: Sequence[str],
+    head: dict[str, int],
+    *,
+    text_encoder: Callable[[list[str]], torch.Tensor] | None = None,
+    text_embeddings: torch.Tensor | None = None,
+    **options: Any,
+) -> nn.Module:
+    """A CPRFL model on a (pretrained) backbone state, embeddings from a callable or given."""
+    from cprfl_zoo import create_cprfl
+
+    kwargs: dict[str, Any] = {**head, **options}
+    if text_encoder is not None:
+        kwargs["text_encoder"] = text_encoder
+    model = create_cprfl(
+        backbone_name,
+        class_names=list(class_names),
+        text_embeddings=text_embeddings,
+        pretrained_backbone=False,
+        **kwargs,
+    )
+    model.backbone.load_state_dict(backbone_state, strict=True)
+    return model

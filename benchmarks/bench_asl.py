@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from _speed import sync
 from torch.profiler import ProfilerActivity, profile
 
 from cprfl_zoo.losses import AsymmetricLoss
@@ -76,11 +77,6 @@ def _step(fn: Callable, x: torch.Tensor, y: torch.Tensor) -> None:
     fn(x, y).backward()
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time_all(
     fns: dict[str, Callable], x: torch.Tensor, y: torch.Tensor, rounds: int, iters: int
 ) -> dict[str, float]:
@@ -91,11 +87,11 @@ def _time_all(
             _step(fn, x, y)
     for _ in range(rounds):
         for name, fn in fns.items():
-            _sync(x.device)
+            sync(x.device)
             start = time.perf_counter()
             for _ in range(iters):
                 _step(fn, x, y)
-            _sync(x.device)
+            sync(x.device)
             samples[name].append((time.perf_counter() - start) / iters)
     return {name: statistics.median(s) for name, s in samples.items()}
 

@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 import torch
+from _speed import TokenBackbone
 
 # (kind, batch, classes); v = 196 tokens for both kinds.
 CASES = [
@@ -38,20 +39,11 @@ TOKENS = 196
 IMPLS = ("deploy", "eval")
 
 
-class _TokenBackbone(torch.nn.Module):
-    """Stands in for the backbone: the head cases call forward_head on backbone tokens."""
-
-    num_features = 2048
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-
 def _build(kind: str, classes: int, device: torch.device) -> Any:
     from cprfl_zoo.model import CPRFL
 
     torch.manual_seed(0)
-    backbone: Any = _TokenBackbone() if kind == "head" else "resnet101"
+    backbone: Any = TokenBackbone() if kind == "head" else "resnet101"
     names = [f"class {i}" for i in range(classes)]
     model = CPRFL(backbone, names, torch.randn(classes, 1024))
     return model.to(device).eval()

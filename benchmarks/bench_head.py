@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from _speed import TokenBackbone
 
 # (batch, v, classes): the COCO shape, then 1,000 and 10,000 classes.
 CASES = [(4, 196, 80), (4, 196, 1000), (1, 196, 10000)]
@@ -73,7 +74,7 @@ def _run_case(
     torch.manual_seed(0)
     dev = torch.device(device)
     amp_dtype = getattr(torch, dtype)
-    backbone = _TokenBackbone()
+    backbone = TokenBackbone()
     model = CPRFL(backbone, [f"c{i}" for i in range(classes)], torch.randn(classes, 1024))
     model.to(dev).train()
     model.vsi.apply(lambda m: setattr(m, "p", 0.0) if isinstance(m, torch.nn.Dropout) else None)
@@ -109,15 +110,6 @@ def _run_case(
         else _rss_kib("VmHWM") * 1024 - base
     )
     return {"time_s": min(times), "peak_mib": max(peak, 0) / 2**20}
-
-
-class _TokenBackbone(torch.nn.Module):
-    """Stands in for the backbone: the benchmark feeds tokens straight to the head."""
-
-    num_features = 2048
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return x
 
 
 def _slow_on_cpu(impl: str, classes: int, device: str) -> str | None:

@@ -41,6 +41,7 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
+from _speed import sync  # noqa: E402
 from bench_create import CLIP_MODEL, write_random_clip_checkpoint  # noqa: E402
 
 BATCH, IMG_SIZE, BACKBONE = 2, 448, "resnet101"
@@ -143,11 +144,6 @@ def _trainer(
     return step
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run(quick: bool = False, device: str = "cpu", dtype: str = "float32") -> list[dict]:
     """Time one training step in each mode, the modes alternating round by round.
 
@@ -176,20 +172,20 @@ def run(quick: bool = False, device: str = "cpu", dtype: str = "float32") -> lis
         step(mode)  # warm-up; creates the optimizer state of this mode's parameters
     if dev.type == "cuda":
         for mode in MODES:
-            _sync(dev)
+            sync(dev)
             torch.cuda.reset_peak_memory_stats(dev)
             base = torch.cuda.memory_allocated(dev)
             step(mode)
-            _sync(dev)
+            sync(dev)
             peaks[mode] = (torch.cuda.max_memory_allocated(dev) - base) / 2**20
     samples: dict[str, list[float]] = {mode: [] for mode in MODES}
     for _ in range(rounds):
         for mode in MODES:
-            _sync(dev)
+            sync(dev)
             start = time.perf_counter()
             for _ in range(iters):
                 step(mode)
-            _sync(dev)
+            sync(dev)
             samples[mode].append((time.perf_counter() - start) / iters)
     base_time = statistics.median(samples["cached"])
     rows = []

@@ -32,13 +32,10 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import lt_multilabel as lt
 import numpy as np
 import torch
-
-try:
-    import lt_multilabel as lt
-except ModuleNotFoundError:  # imported as benchmarks.thresholds_f1
-    from benchmarks import lt_multilabel as lt
+from _lt_train import imagenet_backbone
 
 RESULTS = Path(__file__).resolve().parent / "results" / "thresholds_f1.json"
 HELD_OUT = 100  # training images per class kept for the validation set
@@ -107,7 +104,6 @@ def score_rules(
 
 def run(cfg: lt.BenchConfig, fashion_dir: Path | None = None) -> dict[str, Any]:
     """Train CPRFL-ASL per seed, calibrate on validation, score the rules on the test set."""
-    from cprfl_zoo.backbone import create_backbone
     from cprfl_zoo.metrics import long_tail_split
 
     start = time.perf_counter()
@@ -115,19 +111,10 @@ def run(cfg: lt.BenchConfig, fashion_dir: Path | None = None) -> dict[str, Any]:
     fashion = lt._assets.load_fashion_mnist(lt._assets.ensure_fashion_mnist(fashion_dir))
     sources = lt.build_sources(fashion, lt._assets.load_mnist_5k())
     train_sources, val_sources = split_sources(sources)
-    classifier = lt._assets.efficientnet_lite0_imagenet()
-    backbone_state = {
-        k: v for k, v in classifier.state_dict().items() if not k.startswith("classifier.")
-    }
-    backbone = create_backbone(lt.BACKBONE)
-    backbone.load_state_dict(backbone_state, strict=True)
-    backbone = backbone.to(memory_format=torch.channels_last).eval()
+    backbone, backbone_state, _ = imagenet_backbone(lt.BACKBONE, check=False)
     text_encoder = lt._assets.MiniLMTextEncoder(lt.TEMPLATE)
-    compose = {
-        "canvas_size": cfg.canvas_size,
-        "min_objects": cfg.min_objects,
-        "max_objects": cfg.max_objects,
-    }
+    compose = {"canvas_size": cfg.canvas_size, "min_objects": cfg.min_objects}
+    compose["max_objects"] = cfg.max_objects
     test = lt.compose_set(
         sources,
         [cfg.test_per_class] * len(lt.CLASS_NAMES),

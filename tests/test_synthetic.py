@@ -120,7 +120,7 @@ def test_long_tail_class_weights_formula():
 def test_bundled_digits_equal_sklearn_loader(sklearn_digits):
     images, labels = sklearn_digits
     data = make_digit_composites(20, img_size=8, grid=1, noise_std=0.0, pool="all", seed=5)
-    from cprfl_zoo.synthetic import _load_all_digits
+    from cprfl_zoo.synthetic.digits import _load_all_digits
 
     ours, our_labels = _load_all_digits()
     assert torch.equal(ours, images / 16.0) and torch.equal(our_labels, labels)

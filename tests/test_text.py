@@ -214,7 +214,7 @@ def test_class_names_are_checked_once_by_the_text_side(
         pretrained_backbone=False,
         text_encoder=TINY_NAME,
         text_pretrained=tiny,
-        dim=32,
+        embed_dim=32,
         num_heads=2,
         head_dim=8,
         mlp_hidden_dim=24,

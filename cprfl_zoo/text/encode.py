@@ -286,10 +286,17 @@ def encode_class_names(
         OfflineCacheMissError: On a miss while offline, when the weights are not cached locally.
         ValueError: For bad class names, templates, model names or tags.
     """
-    names = validate_class_inputs(class_names)
-    config = TextConfig.resolve(model_name, pretrained, templates, normalize, cache_dir=cache_dir)
-    return encode_with_config(
-        config, names, use_cache=use_cache, batch_size=batch_size, device=device, progress=progress
+    return encode_class_names_info(
+        class_names,
+        model_name,
+        pretrained,
+        templates,
+        normalize=normalize,
+        cache_dir=cache_dir,
+        use_cache=use_cache,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
     ).embeddings
 
 

@@ -1,53 +1,25 @@
+"""The ``cprfl-zoo`` parser and entry point (cprfl_zoo/cli/__init__.py) and what the commands
+share (cprfl_zoo/cli/_common.py): the ``--classes`` reader and the run arguments."""
+
 from __future__ import annotations
 
-import json
+import runpy
+import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
-import huggingface_hub.constants
 import pytest
-import torch
-from tiny_clip import (
-    TINY_CFG,
-    TINY_NAME,
-    reference_text_features,
-    register_tiny_clip,
-    save_tiny_checkpoint,
-)
 
-from cprfl_zoo import encode_class_names
 from cprfl_zoo.class_lists import VOC_LT_CLASSES
-from cprfl_zoo.cli import (
-    CommandError,
-    build_parser,
-    main,
-    read_class_counts,
-    read_class_names,
-)
-from cprfl_zoo.text.cache import default_cache_dir, load_embeddings_file
+from cprfl_zoo.cli import CommandError, build_parser, main, read_class_names
 
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny_clip_cli")
-    register_tiny_clip(folder)
-    return save_tiny_checkpoint(folder / "tiny.safetensors", seed=1)
-
-
-@pytest.fixture(autouse=True)
-def _online(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-
-
-@pytest.fixture
-def classes_file(tmp_path: Path) -> Path:
-    path = tmp_path / "classes.txt"
-    path.write_text("person\n  traffic_light \n\ncell_phone\n", encoding="utf-8")
-    return path
-
-
-NAMES = ["person", "traffic_light", "cell_phone"]
+# each command with the run arguments, with what it needs to parse, and its default batch size
+RUN_COMMANDS = {
+    "embed": (["embed", "--classes", "voc-lt"], 256),
+    "predict": (["predict", "m", "a.jpg"], 32),
+    "evaluate": (["evaluate", "m", "test.txt", "--images", "root"], 32),
+    "calibrate": (["calibrate", "m", "val.txt", "--images", "root", "--output", "o"], 32),
+}
 
 
 def test_console_script_is_declared() -> None:
@@ -55,91 +27,11 @@ def test_console_script_is_declared() -> None:
     assert ep.value == "cprfl_zoo.cli:main"
 
 
-def test_embed_fills_the_cache_that_the_library_then_reads(
-    tiny: Path, classes_file: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    cache = tmp_path / "cache"
-    argv = ["embed", "--classes", str(classes_file), "--model", TINY_NAME, "--pretrained"]
-    argv += [str(tiny), "--cache-dir", str(cache), "--no-progress"]
-    assert main(argv) == 0
-    out = capsys.readouterr().out
-    (entry,) = cache.glob("*.safetensors")
-    assert f"cached: {entry}" in out and "3 classes -> embeddings (3, 16)" in out
-    tensor, key = load_embeddings_file(entry)
-    assert key["class_names"] == NAMES
-    ref = reference_text_features(tiny, [f"a photo of a {n.replace('_', ' ')}." for n in NAMES])
-    torch.testing.assert_close(tensor, ref, atol=1e-5, rtol=1e-5)
-
-    assert main(argv) == 0
-    assert f"already cached: {entry}" in capsys.readouterr().out
-
-    # The library, offline, gets the CLI's entry without building CLIP.
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    import open_clip
-
-    monkeypatch.setattr(open_clip, "create_model", lambda *a, **k: pytest.fail("built CLIP"))
-    got = encode_class_names(NAMES, TINY_NAME, tiny, cache_dir=cache)
-    assert torch.equal(got, tensor)
-
-
-def test_embed_templates_output_and_default_cache(
-    tiny: Path, classes_file: Path, tmp_path: Path, capsys
-) -> None:
-    out_file = tmp_path / "out" / "coco.safetensors"
-    argv = ["embed", "--classes", str(classes_file), "--model", TINY_NAME, "--pretrained"]
-    argv += [str(tiny), "--template", "a photo of a {}.", "--template", "a drawing of a {}."]
-    argv += ["--output", str(out_file), "--batch-size", "2", "--no-progress"]
-    assert main(argv) == 0
-    assert f"written: {out_file}" in capsys.readouterr().out
-    tensor, key = load_embeddings_file(out_file)
-    assert key["templates"] == ["a photo of a {}.", "a drawing of a {}."]
-    assert key["normalize"] is True and key["class_names"] == NAMES
-    torch.testing.assert_close(tensor.norm(dim=-1), torch.ones(3))
-    assert len(list(default_cache_dir().glob("*.safetensors"))) == 1  # $CPRFL_ZOO_CACHE
-
-
-def test_embed_with_an_extra_model_config(tiny: Path, tmp_path: Path, capsys) -> None:
-    config = tmp_path / "tiny-clip-cli.json"
-    config.write_text(json.dumps(TINY_CFG))
-    argv = ["embed", "--classes", "voc-lt", "--model", "tiny-clip-cli", "--pretrained", str(tiny)]
-    argv += ["--model-config", str(config), "--normalize", "--no-progress"]
-    assert main(argv) == 0
-    assert "20 classes -> embeddings (20, 16)" in capsys.readouterr().out
-    (entry,) = default_cache_dir().glob("tiny-clip-cli-20c-*.safetensors")
-    tensor, key = load_embeddings_file(entry)
-    assert key["class_names"] == list(VOC_LT_CLASSES) and key["normalize"] is True
-    torch.testing.assert_close(tensor.norm(dim=-1), torch.ones(20))
-
-
-def test_embed_errors_are_reported_not_raised(
-    tiny: Path, classes_file: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    assert main(["embed", "--classes", str(tmp_path / "nope.txt")]) == 1
-    assert "no such file, and not a built-in list" in capsys.readouterr().err
-    empty = tmp_path / "empty.txt"
-    empty.write_text("\n \n")
-    assert main(["embed", "--classes", str(empty)]) == 1
-    assert "holds no class names" in capsys.readouterr().err
-    argv = ["embed", "--classes", str(classes_file), "--model", TINY_NAME, "--pretrained"]
-    assert main([*argv, "nonexistent.pt"]) == 1
-    assert "neither one of its tags" in capsys.readouterr().err
-    assert main([*argv, str(tiny), "--batch-size", "0"]) == 1
-    assert "--batch-size must be positive" in capsys.readouterr().err
-    assert main([*argv, str(tiny), "--model-config", str(tmp_path / "x.json")]) == 1
-    assert "--model-config" in capsys.readouterr().err
-    blocker = tmp_path / "blocker"
-    blocker.write_text("")
-    with pytest.warns(UserWarning, match="could not store"):
-        code = main([*argv, str(tiny), "--cache-dir", str(blocker / "c"), "--no-progress"])
-    assert code == 1 and "could not be stored in the cache" in capsys.readouterr().err
-
-    # Offline with the default (remote) weights: the message says how to fill the cache.
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert main(["embed", "--classes", str(classes_file)]) == 1
-    err = capsys.readouterr().err
-    assert "cprfl-zoo embed --classes classes.txt --model RN50-quickgelu" in err
+def test_python_dash_m_runs_the_command(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setattr(sys, "argv", ["cprfl-zoo", "--version"])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_module("cprfl_zoo.cli", run_name="__main__")
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("cprfl-zoo ")
 
 
 def test_usage_errors_exit_2(capsys) -> None:
@@ -160,9 +52,62 @@ def test_usage_errors_exit_2(capsys) -> None:
 def test_parser_lists_subcommands() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert "embed" in sub.choices
+    assert set(sub.choices) == {
+        "embed",
+        "convert-official",
+        "export",
+        "predict",
+        "evaluate",
+        "calibrate",
+    }
     args = parser.parse_args(["embed", "--classes", "coco-lt"])
     assert args.model == "RN50-quickgelu" and args.pretrained is None and args.templates is None
+
+
+@pytest.mark.parametrize("command", sorted(RUN_COMMANDS))
+def test_run_arguments_are_shared(command: str) -> None:
+    argv, batch_size = RUN_COMMANDS[command]
+    args = build_parser().parse_args(argv)
+    assert args.batch_size == batch_size and args.device is None and args.no_progress is False
+    if command == "embed":
+        assert not hasattr(args, "workers")  # no DataLoader
+    else:
+        assert args.workers == 2
+    args = build_parser().parse_args([*argv, "--batch-size", "7", "--device", "cpu"])
+    assert args.batch_size == 7 and args.device == "cpu"
+    args = build_parser().parse_args([*argv, "--no-progress"])
+    assert args.no_progress is True
+
+
+@pytest.mark.parametrize("command", sorted(RUN_COMMANDS))
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--batch-size", "0", "argument --batch-size: expected a positive integer, got '0'"),
+        ("--batch-size", "-4", "argument --batch-size: expected a positive integer, got '-4'"),
+        ("--batch-size", "1.5", "argument --batch-size: expected a positive integer, got '1.5'"),
+        ("--workers", "-1", "argument --workers: expected an integer >= 0, got '-1'"),
+        ("--workers", "two", "argument --workers: expected an integer >= 0, got 'two'"),
+    ],
+)
+def test_bad_run_arguments_are_usage_errors(
+    command: str, option: str, value: str, message: str, capsys
+) -> None:
+    # argparse refuses the value before the command runs (MODEL 'm' is never loaded)
+    argv, _ = RUN_COMMANDS[command]
+    with pytest.raises(SystemExit) as info:
+        main([*argv, option, value])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    if command == "embed" and option == "--workers":
+        assert "unrecognized arguments: --workers" in err
+    else:
+        assert f"cprfl-zoo {command}: error: {message}" in err
+
+
+def test_workers_zero_is_accepted() -> None:
+    argv, _ = RUN_COMMANDS["predict"]
+    assert build_parser().parse_args([*argv, "--workers", "0"]).workers == 0
 
 
 def test_read_class_names(tmp_path: Path) -> None:
@@ -196,33 +141,8 @@ def test_read_class_names_bad_files(tmp_path: Path) -> None:
         read_class_names(str(path))
 
 
-def test_read_class_counts_skips_whitespace_only_lines(tmp_path: Path) -> None:
-    # a line of spaces (or the lone CR of a CRLF file's last line) used to be entry '' and fail
-    path = tmp_path / "freq.txt"
-    path.write_bytes(b"5\r\n  \r\n7\r\n\t\n3\r\n\r")
-    assert read_class_counts(str(path), 3) == [5, 7, 3]
-    path.write_text("5\n \n7\n", encoding="utf-8")
-    with pytest.raises(CommandError, match=r"2 counts for a model with 3 classes"):
-        read_class_counts(str(path), 3)
-    path.write_text("5\nx\n7\n", encoding="utf-8")
-    with pytest.raises(CommandError, match=r"entry 2 is 'x', not a whole number"):
-        read_class_counts(str(path), 3)
+def test_load_model_spec_refuses_a_missing_folder(tmp_path: Path) -> None:
+    from cprfl_zoo.cli import load_model_spec
 
-
-def test_convert_official_reports_a_folder_checkpoint(tmp_path: Path, capsys) -> None:
-    argv = ["convert-official", str(tmp_path), "--classes", "voc-lt", "--out", str(tmp_path / "o")]
-    assert main(argv) == 1
-    assert "is a folder; expected the .pth / .pth.tar file" in capsys.readouterr().err
-
-
-def test_parser_has_the_prediction_commands() -> None:
-    parser = build_parser()
-    args = parser.parse_args(["predict", "m", "a.jpg", "photos/"])
-    assert args.images == ["a.jpg", "photos/"] and args.batch_size == 32 and args.workers == 2
-    assert args.output is None and args.threshold is None and args.device is None
-    args = parser.parse_args(["evaluate", "m", "test.txt", "--images", "root"])
-    assert args.list_file == "test.txt" and args.class_freq is None and args.output is None
-    args = parser.parse_args(["calibrate", "m", "val.txt", "--images", "r", "--output", "o"])
-    assert args.min_positives == 1 and args.output == "o"
-    with pytest.raises(SystemExit):
-        parser.parse_args(["calibrate", "m", "val.txt", "--images", "r"])  # --output required
+    with pytest.raises(CommandError, match=r"MODEL .*nope: not a folder; give a saved model"):
+        load_model_spec(str(tmp_path / "nope"))

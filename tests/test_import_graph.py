@@ -202,3 +202,37 @@ def test_only_the_text_tower_imports_open_clip() -> None:
             if any((n or "").split(".")[0] == "open_clip" for n in names):
                 users.add(module)
     assert users == {f"{PACKAGE}.text.tower"}
+
+
+def _in_cli(module: str) -> bool:
+    return module == f"{PACKAGE}.cli" or module.startswith(f"{PACKAGE}.cli.")
+
+
+def test_no_library_module_imports_the_cli() -> None:
+    """``cprfl_zoo.cli`` is the top: it imports the library, nothing in the library imports it."""
+    graph = import_graph(in_functions=True)
+    assert {f"{PACKAGE}.cli", f"{PACKAGE}.cli._common"} <= set(graph)
+    for module, edges in graph.items():
+        if not _in_cli(module):
+            assert not {e for e in edges if _in_cli(e)}, module
+
+
+def test_the_cli_imports_only_light_modules_at_import_time() -> None:
+    """Building the parser stays cheap: torch, open_clip and the model load inside functions."""
+    graph = import_graph()
+    cli_modules = {m for m in graph if _in_cli(m)}
+    assert {
+        f"{PACKAGE}.cli.{m}" for m in ("embed", "convert", "export", "inference")
+    } <= cli_modules
+    light = {f"{PACKAGE}._version", f"{PACKAGE}.cli_args"}
+    for module in sorted(cli_modules):
+        assert {m for m in graph[module] if not _in_cli(m)} <= light, module
+        path = PACKAGE_DIR.parent.joinpath(*module.split("."))
+        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in _module_level_imports(tree.body):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                names = [] if node.level else [node.module or ""]
+            assert not any(n.split(".")[0] in {"torch", "open_clip", "timm"} for n in names), module

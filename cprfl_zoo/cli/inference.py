@@ -1,0 +1,346 @@
+"""``cprfl-zoo predict``, ``evaluate`` and ``calibrate``: a saved model run on images.
+
+``predict`` labels image files; ``evaluate`` and ``calibrate`` read a labelled image list (the
+LT benchmarks' ``relative/path.jpg id id ...`` format) and score the model on it or choose its
+per-class thresholds. All three share the loader arguments of
+:func:`cprfl_zoo.cli._common.add_run_arguments`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..cli_args import positive_int, probability
+from ._common import (
+    CommandError,
+    add_model_argument,
+    add_run_arguments,
+    load_model_spec,
+    progress_option,
+)
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from ..model import CPRFL
+
+__all__ = [
+    "add_calibrate",
+    "add_evaluate",
+    "add_predict",
+    "evaluate_logits",
+    "read_class_counts",
+]
+
+_logger = logging.getLogger(__name__)
+
+_BATCH_SIZE = 32
+_BATCH_HELP = "images per batch"
+
+
+def _load_for_inference(args: argparse.Namespace) -> CPRFL:
+    import torch
+
+    model = load_model_spec(args.model)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device)
+
+
+def _inference_module(model: CPRFL) -> nn.Module:
+    """The deploy module (prompt side computed once for the label set), else the model itself."""
+    try:
+        return model.deploy()
+    except ValueError:  # a head variant the deploy path does not implement
+        return model
+
+
+# ---------------------------------------------------------------------- predict
+def add_predict(subparsers: argparse._SubParsersAction) -> None:
+    """Declare ``predict`` and its arguments."""
+    p = subparsers.add_parser(
+        "predict",
+        help="predict the labels of image files (sigmoid, the model's thresholds)",
+        description=(
+            "Predict the labels of image files with a saved CPRFL model: sigmoid probabilities "
+            "at the model's per-class thresholds (0.5 where uncalibrated). Unreadable images "
+            "are reported by name and skipped. Writes JSON lines (.jsonl) or CSV (.csv) with "
+            "--output, else prints one line per image."
+        ),
+    )
+    add_model_argument(p)
+    p.add_argument(
+        "images", metavar="IMAGES", nargs="+", help="image files, folders or glob patterns"
+    )
+    p.add_argument("--output", default=None, help="preds.jsonl or preds.csv (written atomically)")
+    p.add_argument(
+        "--threshold",
+        type=probability,
+        default=None,
+        metavar="T",
+        help="one probability threshold for every class instead of the model's",
+    )
+    add_run_arguments(p, batch_size=_BATCH_SIZE, batch_help=_BATCH_HELP)
+    p.set_defaults(func=_run_predict)
+
+
+def _predictions_text(predictions: list, suffix: str) -> str:
+    import csv
+    import io
+    import json
+
+    if suffix == ".csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["image", "labels", "probabilities"])
+        for pred in predictions:
+            probs = ";".join(f"{p:.6f}" for p in pred.probabilities)
+            writer.writerow([pred.source, ";".join(pred.labels), probs])
+        return buf.getvalue()
+    return "".join(json.dumps(pred.as_dict()) + "\n" for pred in predictions)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from ..fileio import atomic_write_text
+    from ..predict import Predictor, find_images
+
+    suffix = Path(args.output).suffix.lower() if args.output else ""
+    if args.output and suffix not in (".jsonl", ".csv"):
+        raise CommandError(f"--output {args.output}: use a .jsonl or .csv file name")
+    try:
+        paths = find_images(args.images)
+    except FileNotFoundError as e:
+        raise CommandError(f"IMAGES {e}") from None
+    model = _load_for_inference(args)
+    runner = _inference_module(model)
+    predictor = Predictor(
+        runner,
+        thresholds=args.threshold,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        progress=progress_option(args),
+    )
+    predictions, failures = predictor.predict_files(paths)
+    if args.output:
+        atomic_write_text(args.output, _predictions_text(predictions, suffix), mode=0o644)
+        print(f"{len(predictions)} images predicted: {args.output}")
+    else:
+        for pred in predictions:
+            shown = ", ".join(
+                f"{n} {p:.3f}" for n, p in zip(pred.labels, pred.probabilities, strict=True)
+            )
+            print(f"{pred.source}\t{shown}")
+    for path, error in failures:
+        print(f"skipped {path}: {error}", file=sys.stderr)
+    if failures and not predictions:
+        raise CommandError(f"none of the {len(failures)} images could be read")
+    return 0
+
+
+# ---------------------------------------------------------------------- image lists
+def _add_list_args(p: argparse.ArgumentParser) -> None:
+    add_model_argument(p)
+    p.add_argument(
+        "list_file",
+        metavar="LIST_FILE",
+        help="image list: one 'relative/path.jpg id id ...' line per image (0-based class ids)",
+    )
+    p.add_argument("--images", required=True, help="folder the listed paths are relative to")
+    add_run_arguments(p, batch_size=_BATCH_SIZE, batch_help=_BATCH_HELP)
+
+
+def _list_logits(args: argparse.Namespace, model: CPRFL) -> tuple[Tensor, Tensor]:
+    from torch.utils.data import DataLoader
+
+    from ..data import MultiLabelImageList
+    from ..predict import collect_logits, eval_transform
+
+    try:
+        dataset = MultiLabelImageList(
+            args.list_file,
+            args.images,
+            transform=eval_transform(model),
+            class_names=model.class_names,
+        )
+    except FileNotFoundError as e:
+        raise CommandError(str(e)) from None
+    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
+    runner = _inference_module(model)
+    return collect_logits(runner, loader, progress=progress_option(args))
+
+
+# ---------------------------------------------------------------------- evaluate
+def read_class_counts(path: str, num_classes: int) -> list[int]:
+    """Read per-class training counts: a JSON list, or one integer per line, in class order.
+
+    Args:
+        path: The file.
+        num_classes: The model's number of classes.
+
+    Returns:
+        The counts.
+
+    Raises:
+        CommandError: If the file is missing, malformed or has the wrong length.
+    """
+    import json
+
+    from ..data import read_text_lines
+
+    try:
+        lines = read_text_lines(path, "class-freq file")
+    except (OSError, ValueError) as e:
+        raise CommandError(f"--class-freq {e}") from None
+    text = "\n".join(lines).strip()
+    stripped = [s.strip() for s in lines]
+    try:
+        values = json.loads(text) if text.startswith("[") else [s for s in stripped if s]
+    except json.JSONDecodeError as e:
+        raise CommandError(f"--class-freq {path}: not a valid JSON list ({e.msg})") from None
+    counts = []
+    for i, value in enumerate(values):
+        try:
+            count = int(value)
+        except (TypeError, ValueError):
+            raise CommandError(
+                f"--class-freq {path}: entry {i + 1} is {value!r}, not a whole number"
+            ) from None
+        if count < 0 or str(count) != str(value).strip():
+            raise CommandError(f"--class-freq {path}: entry {i + 1} is {value!r}, not a count >= 0")
+        counts.append(count)
+    if len(counts) != num_classes:
+        raise CommandError(
+            f"--class-freq {path}: {len(counts)} counts for a model with {num_classes} classes"
+        )
+    return counts
+
+
+def evaluate_logits(
+    logits: Tensor,
+    targets: Tensor,
+    thresholds: Tensor,
+    class_counts: Sequence[int] | None = None,
+) -> dict[str, float]:
+    """Compute mAP (head/medium/tail too) and OP/OR/OF1/CP/CR/CF1 at per-class thresholds.
+
+    Args:
+        logits: ``(N, C)`` logits.
+        targets: ``(N, C)`` multi-hot targets.
+        thresholds: ``(C,)`` probability thresholds.
+        class_counts: Training positives per class, for the head/medium/tail split.
+
+    Returns:
+        Percentages keyed ``mAP``, ``mAP_head``, ..., ``OP``, ``OR``, ``OF1``, ``CP``, ``CR``,
+        ``CF1``.
+    """
+    from ..metrics import long_tail_map, long_tail_split, mean_average_precision, threshold_metrics
+
+    if class_counts is not None:
+        results = long_tail_map(logits, targets, long_tail_split(class_counts)).as_dict()
+    else:
+        results = {"mAP": mean_average_precision(logits, targets).map}
+    # prob >= t_i  <=>  prob - t_i >= 0: one threshold_metrics call with per-class thresholds
+    shifted = logits.sigmoid() - thresholds.to(logits)[None]
+    results.update(threshold_metrics(shifted, targets, threshold=0.0).as_dict())
+    return {k: 100 * v for k, v in results.items()}
+
+
+def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    """Declare ``evaluate`` and its arguments."""
+    p = subparsers.add_parser(
+        "evaluate",
+        help="score a saved model on a labelled image list (mAP, OF1, CF1, ...)",
+        description=(
+            "Evaluate a saved CPRFL model on an image list: mAP (with head/medium/tail mAP "
+            "when --class-freq gives the training counts) and OP/OR/OF1/CP/CR/CF1 at the "
+            "model's per-class thresholds. Prints a table; --output writes the numbers as JSON."
+        ),
+    )
+    _add_list_args(p)
+    p.add_argument(
+        "--class-freq",
+        default=None,
+        help="training positives per class (JSON list or one count per line) for the "
+        "head/medium/tail split",
+    )
+    p.add_argument("--output", default=None, help="write the metrics to this JSON file")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import json
+    import math
+
+    from ..fileio import atomic_write_text
+
+    model = _load_for_inference(args)
+    counts = read_class_counts(args.class_freq, model.num_classes) if args.class_freq else None
+    logits, targets = _list_logits(args, model)
+    results = evaluate_logits(logits, targets, model.get_thresholds(), counts)
+    which = "calibrated per-class" if model.thresholds is not None else "uncalibrated 0.5"
+    print(f"{args.model} on {args.list_file}: {len(logits)} images, {which} thresholds")
+    print("| metric | value |")
+    print("| --- | --- |")
+    for key, value in results.items():
+        print(f"| {key} | {'n/a' if math.isnan(value) else f'{value:.2f}'} |")
+    if args.output:
+        payload = {
+            "model": args.model,
+            "list_file": args.list_file,
+            "num_images": len(logits),
+            "thresholds": "per-class" if model.thresholds is not None else "0.5",
+            "metrics": {k: (None if math.isnan(v) else v) for k, v in results.items()},
+        }
+        atomic_write_text(args.output, json.dumps(payload, indent=2) + "\n", mode=0o644)
+        print(f"written: {args.output}")
+    return 0
+
+
+# ---------------------------------------------------------------------- calibrate
+def add_calibrate(subparsers: argparse._SubParsersAction) -> None:
+    """Declare ``calibrate`` and its arguments."""
+    p = subparsers.add_parser(
+        "calibrate",
+        help="calibrate per-class thresholds on a validation list and save the model with them",
+        description=(
+            "Choose per-class probability thresholds that maximise each class's F1 on a "
+            "labelled validation list (classes with fewer than --min-positives positives get "
+            "the global F1-optimal threshold) and save the model with them to --output "
+            "(config.json model_args.thresholds; predict, evaluate and export use them)."
+        ),
+    )
+    _add_list_args(p)
+    p.add_argument("--output", required=True, help="folder to save the calibrated model to")
+    p.add_argument(
+        "--min-positives",
+        type=positive_int,
+        default=1,
+        metavar="K",
+        help="classes with fewer validation positives get the global threshold (%(default)s)",
+    )
+    p.set_defaults(func=_run_calibrate)
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from ..hub import CONFIG_NAME
+    from ..thresholds import calibrate_thresholds
+
+    if Path(args.output, CONFIG_NAME).exists():
+        _logger.warning("--output %s already holds a saved model; replacing it", args.output)
+    model = _load_for_inference(args)
+    logits, targets = _list_logits(args, model)
+    result = calibrate_thresholds(logits, targets, min_positives=args.min_positives)
+    model.set_thresholds(result.as_list())
+    model.cpu().save_pretrained(args.output)
+    print(
+        f"calibrated {model.num_classes} thresholds on {len(logits)} images: global "
+        f"{result.global_threshold:.3f} (OF1 {100 * result.global_f1:.2f}), per class "
+        f"{float(result.thresholds.min()):.3f}..{float(result.thresholds.max()):.3f}; "
+        f"{len(result.fallback_classes)} classes without enough positives use the global one"
+    )
+    print(f"written: {args.output}")
+    return 0

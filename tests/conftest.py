@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,3 +68,13 @@ def tiny_head() -> dict:
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
     """Every test gets its own empty embedding cache, never the user's."""
     monkeypatch.setenv("CPRFL_ZOO_CACHE", str(tmp_path_factory.mktemp("cprfl_cache")))
+
+
+def rgba_drawings(num_classes: int, styles: int = 2, side: int = 12) -> tuple[np.ndarray, list]:
+    """Opaque squares; class c's style s has the colour (c, s, 255), so it can be found."""
+    images = np.zeros((num_classes * styles, side, side, 4), dtype=np.uint8)
+    for c in range(num_classes):
+        for s in range(styles):
+            images[c * styles + s] = (c, s, 255, 255)
+    pools = [np.arange(c * styles, (c + 1) * styles) for c in range(num_classes)]
+    return images, pools

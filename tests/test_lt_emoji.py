@@ -18,21 +18,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import _emoji
 import lt_emoji
+from conftest import rgba_drawings
 
 from cprfl_zoo.metrics import long_tail_split
 
 SUBCATEGORIES = tuple(sub for sub, shorts in _emoji.CLASSES for _ in shorts)
 NUM_CLASSES = len(SUBCATEGORIES)
-
-
-def _drawings(num_classes: int, styles: int = 2, side: int = 12) -> tuple[np.ndarray, list]:
-    """Opaque squares; class c's style s has the colour (c, s, 255), so it can be found."""
-    images = np.zeros((num_classes * styles, side, side, 4), dtype=np.uint8)
-    for c in range(num_classes):
-        for s in range(styles):
-            images[c * styles + s] = (c, s, 255, 255)
-    pools = [np.arange(c * styles, (c + 1) * styles) for c in range(num_classes)]
-    return images, pools
 
 
 # ---------------------------------------------------------------------- class table and counts
@@ -81,7 +72,7 @@ def test_every_subcategory_has_head_medium_tail_and_one_unseen_class(seed):
 
 
 def test_splits_use_disjoint_randomness_and_a_fixed_balanced_val_and_test():
-    images, pools = _drawings(NUM_CLASSES, side=8)
+    images, pools = rgba_drawings(NUM_CLASSES, side=8)
     cfg = replace(
         lt_emoji.EmojiConfig(),
         max_count=20,

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import rgba_drawings
 
 from cprfl_zoo.data import MultiLabelImageList
 from cprfl_zoo.synthetic import (
@@ -185,16 +186,6 @@ def _constant_sources(num_classes: int, per_split: int, side: int = 6) -> Source
     return SourceImages(images, labels, is_test, num_classes)
 
 
-def _drawings(num_classes: int, styles: int = 2, side: int = 12) -> tuple[np.ndarray, list]:
-    """Opaque squares; class c's style s has the colour (c, s, 255), so it can be found."""
-    images = np.zeros((num_classes * styles, side, side, 4), dtype=np.uint8)
-    for c in range(num_classes):
-        for s in range(styles):
-            images[c * styles + s] = (c, s, 255, 255)
-    pools = [np.arange(c * styles, (c + 1) * styles) for c in range(num_classes)]
-    return images, pools
-
-
 def test_long_tailed_counts_follow_exponential_profile_over_order():
     order = [2, 0, 4, 1, 3]
     counts = long_tailed_counts(5, 100, 100.0, order)
@@ -361,7 +352,7 @@ def test_compose_with_replacement_reuses_a_small_pool_exactly_counts_times():
 
 
 def test_rgba_set_labels_counts_and_drawn_colours_agree():
-    images, pools = _drawings(6)
+    images, pools = rgba_drawings(6)
     counts = [12, 7, 3, 1, 0, 5]
     data = compose_rgba_set(images, pools, counts, rng=np.random.default_rng(3), canvas_size=48)
     assert data.images.shape[1:] == (48, 48, 3) and data.images.dtype == np.uint8
@@ -417,7 +408,7 @@ def test_render_canvas_names_a_bad_object(obj, match):
 
 
 def test_compose_rgba_set_is_seeded_and_sources_are_the_drawn_classes():
-    images, pools = _drawings(5)
+    images, pools = rgba_drawings(5)
     kw = {"canvas_size": 32}
     a = compose_rgba_set(images, pools, [6, 4, 2, 1, 3], rng=np.random.default_rng(1), **kw)
     b = compose_rgba_set(images, pools, [6, 4, 2, 1, 3], rng=np.random.default_rng(1), **kw)

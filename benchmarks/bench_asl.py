@@ -22,14 +22,13 @@ Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_asl.py [--quick] [--device cuda
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
-from _speed import sync
-from torch.profiler import ProfilerActivity, profile
+from _memory import cpu_alloc_peak_bytes, cuda_peak_bytes, saved_tensor_bytes
+from _speed import bench_parser, interleaved_times
 
 from cprfl_zoo.losses import AsymmetricLoss
 
@@ -81,18 +80,8 @@ def _time_all(
     fns: dict[str, Callable], x: torch.Tensor, y: torch.Tensor, rounds: int, iters: int
 ) -> dict[str, float]:
     """Median seconds per forward + backward, the implementations interleaved round by round."""
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for fn in fns.values():  # warm-up
-        for _ in range(3):
-            _step(fn, x, y)
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            sync(x.device)
-            start = time.perf_counter()
-            for _ in range(iters):
-                _step(fn, x, y)
-            sync(x.device)
-            samples[name].append((time.perf_counter() - start) / iters)
+    steps = {name: partial(_step, fn, x, y) for name, fn in fns.items()}
+    samples = interleaved_times(steps, rounds, iters, x.device, warmup=3)
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
@@ -100,39 +89,14 @@ def _peak_bytes(fn: Callable, x: torch.Tensor, y: torch.Tensor) -> int:
     """Peak bytes allocated above the starting point during one forward + backward."""
     x.grad = None
     if x.device.type == "cuda":
-        torch.cuda.synchronize(x.device)
-        torch.cuda.reset_peak_memory_stats(x.device)
-        base = torch.cuda.memory_allocated(x.device)
-        _step(fn, x, y)
-        torch.cuda.synchronize(x.device)
-        return torch.cuda.max_memory_allocated(x.device) - base
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        _step(fn, x, y)
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    events.sort(key=lambda e: e.start_ns())
-    live = peak = 0
-    for event in events:
-        live += event.nbytes()
-        peak = max(peak, live)
-    return peak
+        return cuda_peak_bytes(partial(_step, fn, x, y), x.device)
+    return cpu_alloc_peak_bytes(partial(_step, fn, x, y))
 
 
 def _saved_bytes(fn: Callable, x: torch.Tensor, y: torch.Tensor) -> int:
     """Bytes of the tensors saved for backward, each storage once, inputs excluded."""
-    exclude = {x.untyped_storage().data_ptr(), y.untyped_storage().data_ptr()}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in exclude:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
     x.grad = None
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = fn(x, y)
-    loss.backward()
-    return sum(seen.values())
+    return saved_tensor_bytes(partial(fn, x, y), exclude=(x, y))
 
 
 def run(quick: bool = False, device: str = "cpu") -> list[dict]:
@@ -189,10 +153,7 @@ def _kib(n: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer timing rounds")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+    args = bench_parser(__doc__, "fewer timing rounds").parse_args()
     rows = run(quick=args.quick, device=args.device)
     print(
         f"AsymmetricLoss (ours) vs reference reimplementation, forward + backward, "

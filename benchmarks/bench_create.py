@@ -20,48 +20,17 @@ Run: ``OMP_NUM_THREADS=2 python benchmarks/bench_create.py [--quick]``
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import logging
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _clip import CLIP_MODEL, write_random_clip_checkpoint
+from _speed import bench_parser
 
-from cprfl_zoo.fileio import atomic_path
-
-CLIP_MODEL = "RN50-quickgelu"
 BACKBONE = "resnet101"
-
-
-def write_random_clip_checkpoint(path: str | os.PathLike[str], seed: int = 0) -> Path:
-    """Write an open_clip ``RN50-quickgelu`` state dict with random weights, atomically.
-
-    Args:
-        path: The ``.safetensors`` file to write.
-        seed: Seed of the random initialisation.
-
-    Returns:
-        The path written.
-    """
-    import open_clip
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    torch.manual_seed(seed)
-    level = logging.root.level
-    logging.root.setLevel(logging.ERROR)  # open_clip warns that no weights were loaded
-    try:
-        model = open_clip.create_model(CLIP_MODEL, pretrained=None)
-    finally:
-        logging.root.setLevel(level)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp))
-    return path
 
 
 def _sha256_seconds(path: Path) -> float:
@@ -162,9 +131,7 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    args = parser.parse_args(argv)
+    args = bench_parser(__doc__, "fewer repetitions", device=None).parse_args(argv)
     print(
         f"create_cprfl({BACKBONE!r}, 80 COCO names, text_encoder={CLIP_MODEL!r}, random local "
         f"weights); torch {torch.__version__}, {torch.get_num_threads()} threads"

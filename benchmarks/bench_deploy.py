@@ -17,14 +17,13 @@ Run: ``python benchmarks/bench_deploy.py [--quick] [--device cpu|cuda] [--thread
 
 from __future__ import annotations
 
-import argparse
 import gc
 import math
 import time
 from typing import Any
 
 import torch
-from _speed import TokenBackbone
+from _speed import TokenBackbone, bench_parser
 
 # (kind, batch, classes); v = 196 tokens for both kinds.
 CASES = [
@@ -141,9 +140,8 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="two small head cases")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    parser = bench_parser(__doc__, "two small head cases", device=device)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -13,7 +13,6 @@ Run: ``python benchmarks/bench_head.py [--quick] [--device cuda] [--dtype bfloat
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -24,7 +23,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from _speed import TokenBackbone
+from _memory import rss_kib
+from _speed import TokenBackbone, bench_parser
 
 # (batch, v, classes): the COCO shape, then 1,000 and 10,000 classes.
 CASES = [(4, 196, 80), (4, 196, 1000), (1, 196, 10000)]
@@ -58,14 +58,6 @@ def _estimate_naive_gib(batch: int, v: int, classes: int, dtype_bytes: int) -> f
     return 2 * batch * 8 * n * n * dtype_bytes / 2**30
 
 
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1])
-    return 0
-
-
 def _run_case(
     impl: str, batch: int, v: int, classes: int, device: str, dtype: str, reps: int, warmup: bool
 ) -> dict[str, float]:
@@ -96,7 +88,7 @@ def _run_case(
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = _rss_kib("VmRSS") * 1024
+        base = rss_kib("VmRSS") * 1024
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -107,7 +99,7 @@ def _run_case(
     peak = (
         torch.cuda.max_memory_allocated() - base
         if dev.type == "cuda"
-        else _rss_kib("VmHWM") * 1024 - base
+        else rss_kib("VmHWM") * 1024 - base
     )
     return {"time_s": min(times), "peak_mib": max(peak, 0) / 2**20}
 
@@ -182,10 +174,8 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    parser = bench_parser(__doc__, device=device, dtype=True)
     parser.add_argument("--case", nargs=4, metavar=("IMPL", "B", "V", "C"))
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--no-warmup", dest="warmup", action="store_false")

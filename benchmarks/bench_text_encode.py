@@ -15,11 +15,11 @@ Run: ``python benchmarks/bench_text_encode.py [--quick] [--device cuda]``
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
+from _speed import bench_parser
 
 from cprfl_zoo.class_lists import COCO_LT_CLASSES
 from cprfl_zoo.text.tower import TextTower, text_arch
@@ -98,10 +98,7 @@ def run(quick: bool = False, device: str = "cpu") -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     """Print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args(argv)
+    args = bench_parser(__doc__).parse_args(argv)
     rows = run(args.quick, args.device)
     layers = 2 if args.quick else 12
     print(

@@ -26,12 +26,11 @@ Run: ``OMP_NUM_THREADS=2 python benchmarks/bench_train_step.py [--quick] [--devi
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -41,33 +40,12 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from _speed import sync  # noqa: E402
-from bench_create import CLIP_MODEL, write_random_clip_checkpoint  # noqa: E402
+from _clip import CLIP_MODEL, OfficialStyleTextEncoder, write_random_clip_checkpoint  # noqa: E402
+from _memory import cuda_peak_bytes  # noqa: E402
+from _speed import bench_parser, interleaved_times  # noqa: E402
 
 BATCH, IMG_SIZE, BACKBONE = 2, 448, "resnet101"
 MODES = ("cached", "official-style", "trainable")
-
-
-class OfficialStyleTextEncoder(nn.Module):
-    """Re-encodes fixed prompts through a CLIP text tower on every call, full context.
-
-    The official ``TextEncoder``: token embedding, positional embedding, the causal transformer
-    over all 77 positions, final LayerNorm, the end-of-text token's feature times
-    ``text_projection``; open_clip's ``CLIP.encode_text`` is exactly that.
-
-    Args:
-        clip_model: An open_clip ``CLIP`` (its image tower is dropped).
-        tokens: (C, 77) token ids of the class prompts.
-    """
-
-    def __init__(self, clip_model: nn.Module, tokens: torch.Tensor) -> None:
-        super().__init__()
-        clip_model.visual = None
-        self.clip = clip_model
-        self.register_buffer("tokens", tokens)
-
-    def forward(self) -> torch.Tensor:
-        return self.clip.encode_text(self.tokens).float()
 
 
 def _class_names() -> list[str]:
@@ -117,12 +95,10 @@ def _trainer(
 
     amp_dtype = getattr(torch, dtype)
     model.to(device).train()
-    for tower in towers.values():
-        if tower is not None:
-            tower.to(device).train()
     params = {id(p): p for p in model.parameters()}
     for tower in towers.values():
         if tower is not None:
+            tower.to(device).train()
             params.update({id(p): p for p in tower.parameters()})
     # Parameters without a gradient (the towers a mode does not use) are skipped by AdamW.
     optimizer = torch.optim.AdamW(list(params.values()), lr=1e-5, weight_decay=1e-4)
@@ -171,22 +147,8 @@ def run(quick: bool = False, device: str = "cpu", dtype: str = "float32") -> lis
     for mode in MODES:
         step(mode)  # warm-up; creates the optimizer state of this mode's parameters
     if dev.type == "cuda":
-        for mode in MODES:
-            sync(dev)
-            torch.cuda.reset_peak_memory_stats(dev)
-            base = torch.cuda.memory_allocated(dev)
-            step(mode)
-            sync(dev)
-            peaks[mode] = (torch.cuda.max_memory_allocated(dev) - base) / 2**20
-    samples: dict[str, list[float]] = {mode: [] for mode in MODES}
-    for _ in range(rounds):
-        for mode in MODES:
-            sync(dev)
-            start = time.perf_counter()
-            for _ in range(iters):
-                step(mode)
-            sync(dev)
-            samples[mode].append((time.perf_counter() - start) / iters)
+        peaks = {mode: cuda_peak_bytes(partial(step, mode), dev) / 2**20 for mode in MODES}
+    samples = interleaved_times({mode: partial(step, mode) for mode in MODES}, rounds, iters, dev)
     base_time = statistics.median(samples["cached"])
     rows = []
     for mode in MODES:
@@ -225,11 +187,7 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    args = parser.parse_args(argv)
+    args = bench_parser(__doc__, "fewer rounds", dtype=True).parse_args(argv)
     print(
         f"{BACKBONE} @ {IMG_SIZE}px, batch {BATCH}, 80 classes, AdamW + ASL; {args.device}, "
         f"{args.dtype}, torch {torch.__version__}, {torch.get_num_threads()} threads"

@@ -3,7 +3,8 @@
 Table-driven: each entry ``NAME`` of ``_TABLE`` is the module ``bench_NAME.py`` of this folder
 (with ``run(quick=...)``, whose docstring describes it) and the reducer
 ``_run_all_summaries.summarize_NAME``: ``head``, ``train_step``, ``asl``, ``create``,
-``text_encode``, ``deploy``.
+``text_encode``, ``deploy``. ``_run_all_runner.py`` runs them (a failure is recorded, not
+raised) and ``_run_all_report.py`` prints the table and writes the JSON.
 
 Every ratio in the table is *other / ours*: above 1 means this package's way is faster (or
 smaller). The raw rows, the table and the environment (torch, device, threads, CPU model, git
@@ -19,14 +20,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib
-import inspect
 import json
-import sys
-import time
-import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +33,7 @@ from _run_all_report import (
     write_json_atomic,
     write_report,
 )
+from _run_all_runner import Benchmark, call_run, run_benchmarks
 from _run_all_summaries import (
     ratio_row,
     summarize_asl,
@@ -55,9 +51,12 @@ SCHEMA = "cprfl_zoo.benchmarks.run_all/1"
 
 # Re-exported for the tests and callers of run_all.<name>.
 __all__ = [
+    "Benchmark",
+    "call_run",
     "environment",
     "format_summary",
     "ratio_row",
+    "run_benchmarks",
     "summarize_asl",
     "summarize_create",
     "summarize_deploy",
@@ -67,24 +66,6 @@ __all__ = [
     "write_json_atomic",
     "write_report",
 ]
-
-
-# ---------------------------------------------------------------------- registry
-@dataclass(frozen=True)
-class Benchmark:
-    """A benchmark module and how to reduce its rows to ratio rows.
-
-    Attributes:
-        name: Name used by ``--only`` and in the JSON.
-        module: Module name in this folder (``bench_head``).
-        summarize: Maps the module's rows to :func:`ratio_row` rows.
-        description: One line for ``--help``.
-    """
-
-    name: str
-    module: str
-    summarize: Callable[[list[dict]], list[dict]]
-    description: str
 
 
 # name -> description; module bench_<name>.py, summary _run_all_summaries.summarize_<name>.
@@ -100,80 +81,6 @@ BENCHMARKS: tuple[Benchmark, ...] = tuple(
     Benchmark(name, f"bench_{name}", getattr(_run_all_summaries, f"summarize_{name}"), text)
     for name, text in _TABLE.items()
 )
-
-
-def _load_module(name: str) -> Any:
-    if str(HERE) not in sys.path:
-        sys.path.insert(0, str(HERE))
-    return importlib.import_module(name)
-
-
-def call_run(run: Callable[..., list[dict]], quick: bool, device: str, dtype: str) -> list[dict]:
-    """Call a benchmark's ``run`` with the options its signature accepts.
-
-    A benchmark without a ``device`` parameter only runs on the CPU; asked for another device,
-    it raises.
-
-    Raises:
-        ValueError: If ``device`` is not the CPU and ``run`` takes no ``device``.
-    """
-    params = inspect.signature(run).parameters
-    kwargs: dict[str, Any] = {"quick": quick}
-    if "device" in params:
-        kwargs["device"] = device
-    elif device != "cpu":
-        raise ValueError(f"this benchmark runs on the CPU only, not on {device!r}")
-    if "dtype" in params:
-        kwargs["dtype"] = dtype
-    return run(**kwargs)
-
-
-def run_benchmarks(
-    benchmarks: Sequence[Benchmark],
-    *,
-    quick: bool,
-    device: str,
-    dtype: str,
-    load: Callable[[str], Any] | None = None,
-    log: Callable[[str], None] | None = print,
-) -> dict[str, Any]:
-    """Run benchmarks one after the other; a failure is recorded, not raised.
-
-    Args:
-        benchmarks: What to run.
-        quick: Passed to every ``run``.
-        device: Passed to every ``run`` that takes it.
-        dtype: Passed to every ``run`` that takes it.
-        load: Imports a benchmark module by name (default: from this folder).
-        log: Prints progress messages (``None``: silent).
-
-    Returns:
-        ``{"results": {name: {"rows", "elapsed_s", "error"}}, "summary": [ratio rows]}``.
-    """
-    load = load or _load_module
-    log = log or (lambda message: None)
-    results: dict[str, Any] = {}
-    summary: list[dict] = []
-    for bench in benchmarks:
-        log(f"[run_all] {bench.name}: {bench.description} ...")
-        start = time.perf_counter()
-        entry: dict[str, Any] = {"module": bench.module, "rows": [], "error": None}
-        try:
-            module = load(bench.module)
-            entry["rows"] = call_run(module.run, quick, device, dtype)
-            summary.extend(bench.summarize(entry["rows"]))
-            if callable(getattr(module, "format_rows", None)):
-                log(module.format_rows(entry["rows"]))
-        except Exception as e:  # one broken benchmark must not lose the others' results
-            entry["error"] = f"{type(e).__name__}: {e}"
-            entry["traceback"] = traceback.format_exc()
-            summary.append(
-                ratio_row(bench.name, "-", "-", "-", None, None, note=f"failed: {entry['error']}")
-            )
-        entry["elapsed_s"] = time.perf_counter() - start
-        log(f"[run_all] {bench.name}: {entry['elapsed_s']:.0f} s")
-        results[bench.name] = entry
-    return {"results": results, "summary": summary}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

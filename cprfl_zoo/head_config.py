@@ -148,6 +148,7 @@ def resolve_head_config(
         The checked config.
 
     Raises:
+        TypeError: If ``head_cfg`` is not a :class:`HeadConfig`.
         ValueError: For an unknown argument, a head given twice, a ``text_dim`` that disagrees
             with the embeddings, no way to know ``text_dim``, or a field out of range.
     """
@@ -156,6 +157,11 @@ def resolve_head_config(
         raise ValueError(
             f"unknown argument(s) {', '.join(unknown)} for CPRFL; its head takes "
             f"{', '.join(HEAD_FIELDS)} (or head_cfg=HeadConfig(...))"
+        )
+    if head_cfg is not None and not isinstance(head_cfg, HeadConfig):
+        raise TypeError(
+            f"head_cfg must be a cprfl_zoo.HeadConfig, got {type(head_cfg).__name__}; for a dict "
+            "of fields, pass HeadConfig(**fields) or the fields as keyword arguments"
         )
     args = upgrade_legacy_args(head_args, warn=True)
     if head_cfg is not None:

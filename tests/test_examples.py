@@ -253,6 +253,20 @@ def test_resume_refuses_changed_schedule_and_foreign_files(train_script, trained
         train_script.main([*base, "--epochs", "2", "--resume", str(other)])
 
 
+def test_dim_flag_and_0_1_0_checkpoints_still_work(train_script, trained, tmp_path):
+    # 0.1.0's train.py called the head width --dim and saved it as args["dim"]
+    argv = [a if a != "--embed-dim" else "--dim" for a in TINY_TRAIN]
+    assert train_script.parse_args([*argv, "--output", str(tmp_path)]).embed_dim == 32
+    ckpt = torch.load(trained / "checkpoint-last.pth", map_location="cpu", weights_only=True)
+    ckpt["args"]["dim"] = ckpt["args"].pop("embed_dim")
+    old = tmp_path / "old.pth"
+    torch.save(ckpt, old)
+    base = [*argv, "--epochs", "2", "--output", str(tmp_path / "out"), "--resume", str(old)]
+    assert train_script.main(base) == 0  # the run is complete: it resumes and stops
+    with pytest.raises(SystemExit, match=r"--embed-dim is 64 but .* trained with 32"):
+        train_script.main([*base, "--dim", "64"])
+
+
 @pytest.fixture
 def tiny_state(train_script, tmp_path):
     """The TrainState of the tiny synthetic run (model, EMA, AdamW, OneCycle over 8 steps)."""

@@ -45,6 +45,8 @@ def test_config_round_trip_and_head_cfg_argument() -> None:
     assert model.head_cfg == cfg and model.cosine_classifier
     with pytest.raises(ValueError, match="the head is given twice: as head_cfg and as num_heads"):
         CPRFL("test_resnet", NAMES, torch.randn(3, 12), head_cfg=cfg, num_heads=4)
+    with pytest.raises(TypeError, match=r"head_cfg must be a cprfl_zoo\.HeadConfig, got dict"):
+        CPRFL("test_resnet", NAMES, torch.randn(3, 12), head_cfg=cfg.to_dict())
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.embed_dim = 8  # type: ignore[misc]
 
@@ -100,3 +102,13 @@ def test_old_saved_config_loads_silently_and_resaves_in_the_new_spelling(
     torch.testing.assert_close(loaded(x), model(x))
     resaved = json.loads((loaded.save_pretrained(tmp_path / "re") / "config.json").read_text())
     assert "dim" not in resaved["model_args"] and resaved["model_args"]["text_dim"] == 12
+
+
+def test_saved_config_mixing_both_spellings_is_refused(tmp_path: Path) -> None:
+    folder = _model(embed_dim=40).save_pretrained(tmp_path / "m")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["model_args"]["dim"] = 40  # beside text_dim: neither 0.1.0's spelling nor today's
+    (folder / "config.json").write_text(json.dumps(cfg))
+    match = r"config\.json: model_args: dim= .* cannot be combined with text_dim="
+    with pytest.raises(ValueError, match=match):
+        CPRFL.from_pretrained(folder)

@@ -92,7 +92,7 @@ def make_cprfl(
         backbone_name,
         class_names=list(class_names),
         text_embeddings=text_embeddings,
-        pretrained_backbone=False,
+        pretrained=False,
         **kwargs,
     )
     model.backbone.load_state_dict(backbone_state, strict=True)

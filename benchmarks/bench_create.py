@@ -57,7 +57,7 @@ def _create(checkpoint: Path, cache_dir: Path | None) -> float:
         }
     start = time.perf_counter()
     model = create_cprfl(
-        BACKBONE, class_names=list(COCO_LT_CLASSES), pretrained_backbone=False, **text_args
+        BACKBONE, class_names=list(COCO_LT_CLASSES), pretrained=False, **text_args
     )
     elapsed = time.perf_counter() - start
     if model.class_embeddings.shape != (len(COCO_LT_CLASSES), 1024):

@@ -72,7 +72,7 @@ def _build(checkpoint: Path) -> tuple[nn.Module, dict[str, nn.Module | None]]:
     model = create_cprfl(
         BACKBONE,
         class_names=names,
-        pretrained_backbone=False,
+        pretrained=False,
         text_encoder=CLIP_MODEL,
         text_pretrained=str(checkpoint),
         trainable_text_encoder=True,

@@ -7,28 +7,26 @@ as :func:`cprfl_zoo.hub.load_pretrained`. ``docs/src/reliability.md`` lists them
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import safetensors
+import safetensors.torch
 import timm
 import torch
-from huggingface_hub import try_to_load_from_cache
+from huggingface_hub import hf_hub_download
 from torch import nn
 
-from .classes import validate_class_inputs
-from .fileio import file_sha256
-from .head_config import MODEL_ARGS, upgrade_legacy_args, validate_head_args
+from .config import CPRFLConfig, check_data_config
+from .head_config import upgrade_legacy_args
 from .messages import listed
-from .thresholds import validate_thresholds
-
-if TYPE_CHECKING:
-    from .model import CPRFL
 
 _logger = logging.getLogger(__name__)
 
@@ -37,13 +35,18 @@ __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
     "CheckpointMismatchError",
+    "SavedWeights",
+    "check_header",
     "check_saved_model_args",
     "check_state_dict",
+    "expected_head_shapes",
     "head_shape",
+    "parse_saved_config",
     "pretrained_filter",
     "read_saved_config",
+    "read_saved_weights",
     "saved_config_name",
-    "verify_saved_weights",
+    "saved_model_files",
 ]
 
 CONFIG_NAME = "config.json"
@@ -124,9 +127,7 @@ def check_state_dict(
     non_finite = [
         k
         for k, v in state_dict.items()
-        if k in expected
-        and (v.is_floating_point() or v.is_complex())
-        and not bool(torch.isfinite(v).all())
+        if k in expected and (v.is_floating_point() or v.is_complex()) and not _all_finite(v)
     ]
     problems = []
     if missing:
@@ -146,6 +147,12 @@ def check_state_dict(
             + "; ".join(problems)
         )
     return state_dict
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    if tensor.is_floating_point() and tensor.element_size() == 1:
+        tensor = tensor.float()  # float8 has no isfinite kernel
+    return bool(torch.isfinite(tensor).all())
 
 
 def _dtype_kind(dtype: torch.dtype) -> str:
@@ -201,60 +208,9 @@ def check_saved_model_args(model_args: Any, where: str) -> None:
         where: The config file, for the messages.
 
     Raises:
-        ValueError: If ``model_args`` is not an object, has a key that is no argument of
-            :class:`~cprfl_zoo.model.CPRFL`, lacks ``backbone`` or ``class_names``, has a value
-            of the wrong type or range, or names a backbone that is not self-contained.
+        ValueError: As :meth:`~cprfl_zoo.config.CPRFLConfig.from_model_args`.
     """
-    if not isinstance(model_args, Mapping):
-        raise ValueError(
-            f"{where}: model_args must be an object of CPRFL arguments, got "
-            f"{type(model_args).__name__}"
-        )
-    try:
-        model_args = upgrade_legacy_args(model_args, warn=False)
-    except ValueError as e:
-        raise ValueError(f"{where}: model_args: {e}") from None
-    unknown = sorted(set(model_args) - MODEL_ARGS)
-    if unknown:
-        raise ValueError(
-            f"{where}: model_args has unknown key(s) {unknown}; expected arguments of "
-            f"cprfl_zoo.CPRFL ({', '.join(sorted(MODEL_ARGS))})"
-        )
-    for key in ("backbone", "class_names"):
-        if key not in model_args:
-            raise ValueError(f"{where}: model_args.{key} is missing")
-    backbone = model_args["backbone"]
-    if not isinstance(backbone, str) or not backbone:
-        raise ValueError(
-            f"{where}: model_args.backbone must be a timm model name, got {backbone!r}"
-        )
-    check_self_contained(backbone, f"{where}: model_args.backbone")
-    names = model_args["class_names"]
-    if not isinstance(names, list):
-        raise ValueError(
-            f"{where}: model_args.class_names must be a list of strings, got {type(names).__name__}"
-        )
-    try:
-        validate_class_inputs(names)
-        validate_head_args(model_args, strict_types=True)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}: model_args.{e}") from None
-    for key in ("backbone_kwargs", "text_encoder_cfg"):
-        value = model_args.get(key)
-        if value is not None and not isinstance(value, Mapping):
-            raise ValueError(
-                f"{where}: model_args.{key} must be an object, got {type(value).__name__}"
-            )
-    if model_args.get("thresholds") is not None:
-        if not isinstance(model_args["thresholds"], list):
-            raise ValueError(
-                f"{where}: model_args.thresholds must be a list of {len(names)} numbers, got "
-                f"{type(model_args['thresholds']).__name__}"
-            )
-        try:
-            validate_thresholds(model_args["thresholds"], len(names), "thresholds")
-        except ValueError as e:
-            raise ValueError(f"{where}: model_args.{e}") from None
+    CPRFLConfig.from_model_args(model_args, where)
 
 
 def read_saved_config(path: str | os.PathLike[str], where: str | None = None) -> dict[str, Any]:
@@ -275,7 +231,29 @@ def read_saved_config(path: str | os.PathLike[str], where: str | None = None) ->
     """
     where = where or str(path)
     try:
-        cfg = json.loads(Path(path).read_bytes().decode("utf-8"))
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise FileNotFoundError(f"{where}: cannot be read ({e.strerror or e})") from None
+    return parse_saved_config(data, where)
+
+
+def parse_saved_config(data: bytes, where: str) -> dict[str, Any]:
+    """Parse and check the bytes of a saved ``config.json`` (see :func:`read_saved_config`).
+
+    Args:
+        data: The file's bytes.
+        where: How to name the file in messages.
+
+    Returns:
+        The config.
+
+    Raises:
+        ValueError: As :func:`read_saved_config`.
+    """
+    try:
+        cfg = json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise ValueError(f"{where}: nested too deeply to be a CPRFL config") from None
     except UnicodeDecodeError as e:
         raise ValueError(f"{where}: not UTF-8 text ({e})") from None
     except json.JSONDecodeError as e:
@@ -306,6 +284,7 @@ def read_saved_config(path: str | os.PathLike[str], where: str | None = None) ->
         raise ValueError(
             f"{where}: pretrained_cfg must be an object, got {type(pretrained_cfg).__name__}"
         )
+    check_data_config(pretrained_cfg, f"{where}: pretrained_cfg")
     for field, value in (
         ("label_names", cfg.get("label_names")),
         ("pretrained_cfg.label_names", pretrained_cfg.get("label_names")),
@@ -345,80 +324,225 @@ def _first_difference(a: Any, b: list[str]) -> str:
 
 
 # ---------------------------------------------------------------------- saved weights
-def _saved_files(
-    model: nn.Module, cache_dir: str | os.PathLike[str] | None
+@dataclass(frozen=True)
+class SavedWeights:
+    """The bytes of a saved model's weights, read once and checked against its config.
+
+    Attributes:
+        data: The bytes of ``model.safetensors``.
+        header: Its safetensors header: tensor name to ``{"dtype", "shape", ...}``.
+        metadata: Its ``__metadata__``.
+        where: The weights file, for messages.
+    """
+
+    data: bytes
+    header: dict[str, Any]
+    metadata: dict[str, str]
+    where: str
+
+    def load(self) -> dict[str, torch.Tensor]:
+        """Return the tensors.
+
+        Returns:
+            Tensor name to tensor, on the CPU.
+        """
+        return safetensors.torch.load(self.data)
+
+
+def saved_model_files(
+    pretrained_cfg: Mapping[str, Any], cache_dir: str | os.PathLike[str] | None
 ) -> tuple[Path, Path, str] | None:
-    """Config file, weights file and their description, for weights from a folder or Hub cache."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    if cfg.get("source") == "local-dir" and cfg.get("file"):
-        folder = Path(cfg["file"])
-        return folder / CONFIG_NAME, folder / WEIGHTS_NAME, str(folder / CONFIG_NAME)
-    if cfg.get("source") == "hf-hub" and cfg.get("hf_hub_id"):
-        repo, _, revision = str(cfg["hf_hub_id"]).partition("@")
+    """Locate the ``config.json`` and ``model.safetensors`` of a ``local-dir:``/``hf-hub:`` load.
+
+    Hub files are downloaded (or read from the cache); nothing else is ever read: a folder
+    without ``model.safetensors`` is an error, never a fallback to a pickle.
+
+    Args:
+        pretrained_cfg: timm's pretrained config of the load (``source``, ``file`` or
+            ``hf_hub_id``).
+        cache_dir: Hugging Face cache folder.
+
+    Returns:
+        ``(config, weights, where)``, or ``None`` when the config names no saved model.
+
+    Raises:
+        FileNotFoundError: Naming the missing file.
+        ValueError: If the Hub weights file is not safetensors.
+    """
+    source = pretrained_cfg.get("source")
+    if source == "local-dir" and pretrained_cfg.get("file"):
+        folder = Path(pretrained_cfg["file"])
+        config, weights = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+        for path in (config, weights):
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"{path} is missing: a saved CPRFL model is {CONFIG_NAME} + {WEIGHTS_NAME} "
+                    "(weights are only read from safetensors)"
+                )
+        return config, weights, str(config)
+    if source == "hf-hub" and pretrained_cfg.get("hf_hub_id"):
+        repo, _, revision = str(pretrained_cfg["hf_hub_id"]).partition("@")
+        filename = pretrained_cfg.get("hf_hub_filename") or WEIGHTS_NAME
+        if not str(filename).endswith(".safetensors"):
+            raise ValueError(
+                f"hf-hub:{repo} ({CONFIG_NAME}): pretrained_cfg.hf_hub_filename is "
+                f"{filename!r}; CPRFL loads weights only from safetensors"
+            )
         found = [
-            try_to_load_from_cache(repo, name, cache_dir=cache_dir, revision=revision or None)
-            for name in (CONFIG_NAME, cfg.get("hf_hub_filename") or WEIGHTS_NAME)
+            Path(hf_hub_download(repo, name, revision=revision or None, cache_dir=cache_dir))
+            for name in (CONFIG_NAME, filename)
         ]
-        if all(isinstance(f, str) for f in found):
-            return Path(found[0]), Path(found[1]), f"hf-hub:{cfg['hf_hub_id']} ({CONFIG_NAME})"
-        _logger.warning(
-            "could not find hf-hub:%s in the local cache to verify its checksum", cfg["hf_hub_id"]
-        )
+        return found[0], found[1], f"hf-hub:{pretrained_cfg['hf_hub_id']} ({CONFIG_NAME})"
     return None
 
 
-def verify_saved_weights(
-    model: CPRFL,
+def read_saved_weights(
+    pretrained_cfg: Mapping[str, Any],
+    model_args: Mapping[str, Any],
+    config: CPRFLConfig,
     *,
     cache_dir: str | os.PathLike[str] | None = None,
     verify_checksum: bool = True,
-) -> None:
-    """Check a loaded model against what its folder recorded when it was saved.
+) -> SavedWeights:
+    """Read a saved model's weights once, and check them before any model is built.
 
-    * ``label_names`` (timm's ``pretrained_cfg["label_names"]``) must equal the class names;
-    * the class names and head shape recorded in the metadata of ``model.safetensors`` must
-      equal those of ``config.json`` (a reordered class list or swapped ``num_heads`` /
-      ``head_dim`` keep every shape);
-    * the SHA-256 of ``model.safetensors`` must equal the ``weights_sha256`` of
-      ``config.json``.
-
-    Folders saved before 0.2.0 (or by other tools) have neither the metadata nor the checksum;
-    what is not recorded is not checked.
+    ``config.json`` is read once, as bytes: its ``model_args`` must equal the ``model_args`` the
+    model is being built from (a save racing the load is an error, never a silent mix of old
+    and new), and its checksum is compared with the SHA-256 of the very bytes that are loaded.
+    The tensor shapes of the head, the class names and the head shape recorded in the file's
+    metadata are compared with the config from the header alone, so a disagreeing file
+    allocates nothing.
 
     Args:
-        model: A model whose ``pretrained_cfg`` names the folder or Hub snapshot it came from.
-        cache_dir: The Hugging Face cache it was loaded with.
-        verify_checksum: Check the checksum; turn off for a weights file changed on purpose.
+        pretrained_cfg: timm's pretrained config of the load.
+        model_args: The ``model_args`` the model is built from (as timm parsed them).
+        config: The checked config built from them.
+        cache_dir: Hugging Face cache folder.
+        verify_checksum: Compare the weights' SHA-256 with ``config.json``'s
+            ``weights_sha256`` (when recorded).
+
+    Returns:
+        The weights, not yet turned into tensors.
 
     Raises:
-        CheckpointMismatchError: Naming the file and both values on any disagreement.
+        FileNotFoundError: If a file is missing.
+        ValueError: If a file is malformed.
+        CheckpointMismatchError: If the files changed during the load, fail the checksum, or
+            disagree with the config.
     """
-    label_names = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
-    if label_names is not None and list(label_names) != list(model.class_names):
-        raise CheckpointMismatchError(
-            f"{_describe_source(model)}: label_names {_short_names(list(label_names))} disagree "
-            f"with the model's class names {_short_names(list(model.class_names))}"
-        )
-    files = _saved_files(model, cache_dir)
+    files = saved_model_files(pretrained_cfg, cache_dir)
     if files is None:
-        return
+        raise ValueError("the pretrained config names no saved CPRFL folder or Hub repository")
     config_path, weights_path, where = files
-    if not weights_path.is_file():
-        return  # timm loaded another file; nothing of ours to compare with
-    with safetensors.safe_open(str(weights_path), "pt") as f:
-        metadata = f.metadata() or {}
+    saved = parse_saved_config(config_path.read_bytes(), where)
+    if saved.get("model_args") != dict(model_args):
+        raise CheckpointMismatchError(
+            f"{where} changed while the model was being loaded (saved again?); load it again"
+        )
+    data = weights_path.read_bytes()
+    expected = saved.get(CHECKSUM_FIELD)
+    if verify_checksum and expected is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected:
+            raise CheckpointMismatchError(
+                f"{weights_path} has SHA-256 {actual}, but {where} records {CHECKSUM_FIELD} "
+                f"{expected}: the weights file changed after it was saved (corrupted, truncated "
+                "or edited). Re-download or re-save it; for a file changed on purpose, load "
+                "with verify_checksum=False"
+            )
+    header, metadata = _safetensors_header(data, weights_path)
+    check_header(header, config, str(weights_path))
+    _check_metadata(metadata, config, weights_path, where)
+    return SavedWeights(data, header, metadata, str(weights_path))
+
+
+def _safetensors_header(data: bytes, path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    problem = None
+    if len(data) < 8:
+        problem = "shorter than a safetensors header"
+    else:
+        size = int.from_bytes(data[:8], "little")
+        if size > len(data) - 8:
+            problem = "truncated (its header runs past the end of the file)"
+        else:
+            try:
+                header = json.loads(data[8 : 8 + size])
+            except (ValueError, RecursionError):
+                header = None
+            if not isinstance(header, dict):
+                problem = "not a safetensors file (no JSON header)"
+    if problem is not None:
+        raise ValueError(f"{path} is {problem}: re-download or re-save it")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{path}: the safetensors metadata is not an object")
+    return header, metadata
+
+
+def expected_head_shapes(config: CPRFLConfig) -> dict[str, tuple[int, ...]]:
+    """Shapes of the head tensors that a config implies (the backbone's are not listed).
+
+    Args:
+        config: The model's config.
+
+    Returns:
+        Tensor name to shape.
+    """
+    head = config.head
+    d, inner, hidden = head.embed_dim, head.num_heads * head.head_dim, head.mlp_hidden_dim
+    return {
+        "class_embeddings": (len(config.class_names), head.text_dim),
+        "vsi.attn.qkv.weight": (3 * inner, d),
+        "vsi.attn.proj.weight": (d, inner),
+        "vsi.mlp.fc1.weight": (hidden, d),
+        "vsi.mlp.fc2.weight": (d, hidden),
+        "vsi.norm1.weight": (d,),
+        "vsi.norm2.weight": (d,),
+    }
+
+
+def check_header(header: Mapping[str, Any], config: CPRFLConfig, where: str) -> None:
+    """Compare the head shapes in a safetensors header with a config, allocating nothing.
+
+    Args:
+        header: The parsed header (tensor name to ``{"shape": ...}``).
+        config: The config the model will be built from.
+        where: The weights file, for messages.
+
+    Raises:
+        CheckpointMismatchError: Naming every tensor whose shape disagrees.
+    """
+    wrong = []
+    for name, shape in expected_head_shapes(config).items():
+        entry = header.get(name)
+        if not isinstance(entry, Mapping):
+            continue  # reported, with every other missing tensor, by check_state_dict
+        found = tuple(entry.get("shape") or ())
+        if found != shape:
+            wrong.append(f"{name} (file {found}, config {shape})")
+    if wrong:
+        raise CheckpointMismatchError(
+            f"{where} does not match the head its config.json describes; shape mismatches: "
+            f"{listed(wrong)}"
+        )
+
+
+def _check_metadata(
+    metadata: Mapping[str, str], config: CPRFLConfig, weights_path: Path, where: str
+) -> None:
+    names = list(config.class_names)
     if META_CLASS_NAMES in metadata:
         recorded = _metadata_json(metadata, META_CLASS_NAMES, list, weights_path)
-        if recorded != list(model.class_names):
+        if recorded != names:
             raise CheckpointMismatchError(
-                f"{where}: model_args.class_names {_short_names(list(model.class_names))} "
+                f"{where}: model_args.class_names {_short_names(names)} "
                 f"disagree with the class names recorded in {weights_path} "
-                f"{_short_names(recorded)}{_first_difference(list(model.class_names), recorded)}"
+                f"{_short_names(recorded)}{_first_difference(names, recorded)}"
                 "; the class embeddings in the file are in the recorded order"
             )
     if META_HEAD in metadata:
         recorded = _metadata_json(metadata, META_HEAD, dict, weights_path)
-        current = head_shape(model.model_args)
+        current = head_shape(config.to_model_args())
         recorded = upgrade_legacy_args(recorded, warn=False)
         diff = [k for k in recorded if k in current and current[k] != recorded[k]]
         if diff:
@@ -426,22 +550,6 @@ def verify_saved_weights(
             raise CheckpointMismatchError(
                 f"{where}: model_args disagree with the head recorded in {weights_path}: {shown}"
             )
-    if not verify_checksum:
-        return
-    try:
-        expected = json.loads(config_path.read_text(encoding="utf-8")).get(CHECKSUM_FIELD)
-    except (OSError, ValueError, AttributeError):
-        expected = None
-    if expected is None:
-        return
-    actual = file_sha256(weights_path)
-    if actual != expected:
-        raise CheckpointMismatchError(
-            f"{weights_path} has SHA-256 {actual}, but {where} records {CHECKSUM_FIELD} "
-            f"{expected}: the weights file changed after it was saved (corrupted, truncated or "
-            "edited). Re-download or re-save it; for a file changed on purpose, load with "
-            "verify_checksum=False"
-        )
 
 
 def head_shape(model_args: Mapping[str, Any]) -> dict[str, Any]:
@@ -470,25 +578,15 @@ def _metadata_json(metadata: Mapping[str, str], key: str, kind: type, path: Path
 
 
 def pretrained_filter(
-    state_dict: Mapping[str, torch.Tensor],
-    model: CPRFL,
-    *,
-    cache_dir: str | os.PathLike[str] | None = None,
-    verify_checksum: bool = True,
+    state_dict: Mapping[str, torch.Tensor], model: nn.Module
 ) -> Mapping[str, torch.Tensor]:
-    """The pretrained filter of the CPRFL entrypoints.
-
-    Runs :func:`check_state_dict`, then :func:`verify_saved_weights`.
+    """The pretrained filter of the CPRFL entrypoints for registered weights (a URL or Hub id).
 
     Args:
         state_dict: The tensors timm read.
-        model: The model built from the saved config.
-        cache_dir: The Hugging Face cache of the load.
-        verify_checksum: Check the weights file's SHA-256.
+        model: The model built from the config.
 
     Returns:
-        ``state_dict`` unchanged.
+        ``state_dict`` unchanged, after :func:`check_state_dict`.
     """
-    check_state_dict(state_dict, model)
-    verify_saved_weights(model, cache_dir=cache_dir, verify_checksum=verify_checksum)
-    return state_dict
+    return check_state_dict(state_dict, model)

@@ -383,7 +383,7 @@ def convert_official_state_dict(
         "templates": [OFFICIAL_TEMPLATE],
         "normalize": False,
         "text_transform": "underscores-to-spaces",
-        "embed_dim": int(embeddings.shape[1]),
+        "text_dim": int(embeddings.shape[1]),
         **dict(text_encoder_cfg or {}),
     }
     extra: dict[str, Any] = {}
@@ -399,7 +399,6 @@ def convert_official_state_dict(
         pretrained=False,
         class_names=names,
         text_embeddings=embeddings,
-        pretrained_backbone=False,
         num_heads=num_heads,
         head_dim=inner // num_heads,
         qkv_bias=False,

@@ -22,17 +22,13 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .backbone import backbone_tokens, check_images, check_tokens
 from .head_config import COSINE_EPS
-
-if TYPE_CHECKING:
-    from .model import CPRFL
 
 _logger = logging.getLogger(__name__)
 
@@ -40,30 +36,6 @@ __all__ = ["DeployedCPRFL", "deploy_cprfl"]
 
 # Largest prompt-to-prompt score block (elements) computed at once while deploying.
 _MAX_BLOCK = 2**25
-
-# Architecture arguments (CPRFL._arch_args) the deploy path handles. Any other option that is
-# set (a later head variant) is refused by name rather than deployed with the wrong logits.
-_NEUTRAL_OPTIONS = frozenset(
-    {
-        "backbone",
-        "backbone_kwargs",
-        "text_dim",
-        "embed_dim",
-        "num_heads",
-        "head_dim",
-        "mlp_hidden_dim",
-        "qkv_bias",
-        "pi_mlp_ratio",
-        "pi_linear",
-        "detach_classifier_prompts",
-        "detach_refined_features",
-        "in_chans",
-        "img_size",
-        "trainable_text_encoder",
-        "thresholds",
-        "cosine_classifier",
-    }
-)
 
 
 class DeployedCPRFL(nn.Module):
@@ -87,45 +59,46 @@ class DeployedCPRFL(nn.Module):
         model: The CPRFL model to deploy (left unchanged).
     """
 
-    def __init__(self, model: CPRFL) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         _check_supported(model)
-        vsi = model.vsi
-        attn, mlp = vsi.attn, vsi.mlp
         self.class_names: list[str] = list(model.class_names)
         self.num_classes = len(self.class_names)
         self.in_chans = model.in_chans
-        self.num_heads = attn.num_heads
-        self.head_dim = attn.head_dim
         self.pretrained_cfg: dict[str, Any] = copy.deepcopy(dict(model.pretrained_cfg))
         self.default_cfg = self.pretrained_cfg
-
         self.backbone = copy.deepcopy(model.backbone)
         self.visual_proj = copy.deepcopy(model.visual_proj)
-        self.norm1 = copy.deepcopy(vsi.norm1)
-        inner = attn.inner_dim
-        kv_bias = attn.qkv.bias is not None
-        self.token_kv = nn.Linear(attn.qkv.in_features, 2 * inner, bias=kv_bias)
-        self.proj = copy.deepcopy(attn.proj)
-        self.norm2 = copy.deepcopy(vsi.norm2)
-        self.fc1 = copy.deepcopy(mlp.fc1)
-        self.act = copy.deepcopy(mlp.act)
-        self.hidden_norm = copy.deepcopy(mlp.norm)
+        # The model's own VSI: its norm1, token keys/values, output projection, norm2 and FFN
+        # are what run per image; the prompt side below is computed once, by the same module.
+        self.vsi = copy.deepcopy(model.vsi)
         # The cosine classifier needs |p'_i|, so P' is computed (fc2 kept); otherwise fc2 is folded.
-        self.cosine_classifier = bool(getattr(model, "cosine_classifier", False))
-        self.fc2 = copy.deepcopy(mlp.fc2) if self.cosine_classifier else None
-
-        params = next(model.parameters())
+        self.cosine_classifier = bool(model.head_cfg.cosine_classifier)
         with torch.no_grad():
-            self.token_kv.weight.copy_(attn.qkv.weight[inner:])
-            if kv_bias:
-                self.token_kv.bias.copy_(attn.qkv.bias[inner:])
             buffers = _precompute(model)
         for name, value in buffers.items():
-            self.register_buffer(name, value.to(params.device, params.dtype).contiguous())
-        self.register_buffer("thresholds", model.get_thresholds().to(params.device))
+            self.register_buffer(name, value.contiguous())
+        device = model.class_embeddings.device
+        self.register_buffer("thresholds", model.get_thresholds().to(device))
         self.requires_grad_(False)
         super().train(False)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> DeployedCPRFL:
+        # .half() and friends must not round the decision thresholds: they stay float32.
+        thresholds = self.thresholds
+        super()._apply(fn, recurse)
+        self.thresholds = thresholds.to(self.thresholds.device, torch.float32)
+        return self
+
+    @property
+    def num_heads(self) -> int:
+        """Attention heads of the VSI."""
+        return self.vsi.attn.num_heads
+
+    @property
+    def head_dim(self) -> int:
+        """Width of each VSI head."""
+        return self.vsi.attn.head_dim
 
     # ------------------------------------------------------------------ eval only
     def train(self, mode: bool = True) -> DeployedCPRFL:
@@ -187,22 +160,20 @@ class DeployedCPRFL(nn.Module):
             ValueError: If ``x`` is not (B, v, d0).
         """
         check_tokens(x, self.visual_proj.in_features)
-        x = self.visual_proj(x)
-        batch, num_tokens = x.shape[0], x.shape[1]
-        kv = self.token_kv(self.norm1(x))  # (B, v, 2·inner)
-        kv = kv.reshape(batch, num_tokens, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        scores = self.prompt_queries @ kv[0].transpose(-2, -1)  # (B, h, C, v)
+        vsi = self.vsi
+        k, v = vsi.attn.token_kv(vsi.norm1(self.visual_proj(x)))  # each (B, h, v, hd)
+        scores = self.prompt_queries @ k.transpose(-2, -1)  # (B, h, C, v)
         lse = self.prompt_lse  # (h, C, 1)
         shift = torch.maximum(scores.amax(dim=-1, keepdim=True), lse)
         weights = torch.exp(scores - shift)
         prompt_weight = torch.exp(lse - shift)  # (B, h, C, 1)
-        out = weights @ kv[1] + prompt_weight * self.prompt_values
+        out = weights @ v + prompt_weight * self.prompt_values
         out = out / (weights.sum(dim=-1, keepdim=True) + prompt_weight)  # (B, h, C, hd)
-        out = out.transpose(1, 2).flatten(2)  # (B, C, inner)
-        hidden = self.hidden_norm(self.act(self.fc1(self.norm2(self.proj(out)))))
-        if self.fc2 is None:
+        mlp = vsi.mlp
+        hidden = mlp.norm(mlp.act(mlp.fc1(vsi.norm2(vsi.attn.merge_heads(out)))))
+        if not self.cosine_classifier:
             return (hidden * self.classifier_weight).sum(dim=-1) + self.classifier_bias
-        refined = self.fc2(hidden)  # P' (B, C, d); classifier_weight holds s · p_i / |p_i|
+        refined = mlp.fc2(hidden)  # P' (B, C, d); classifier_weight holds s · p_i / |p_i|
         norm = refined.norm(dim=-1).clamp_min(COSINE_EPS)
         return (refined * self.classifier_weight).sum(dim=-1) / norm + self.classifier_bias
 
@@ -222,7 +193,7 @@ class DeployedCPRFL(nn.Module):
         return f"num_classes={self.num_classes}, num_heads={self.num_heads}"
 
 
-def deploy_cprfl(model: CPRFL) -> DeployedCPRFL:
+def deploy_cprfl(model: nn.Module) -> DeployedCPRFL:
     """Build the inference-only module of ``model`` for its current label set.
 
     Args:
@@ -235,17 +206,9 @@ def deploy_cprfl(model: CPRFL) -> DeployedCPRFL:
 
 
 def _check_supported(model: nn.Module) -> None:
-    # CPRFL itself imports this module, so the check is on what the deploy path reads.
-    if not all(
-        hasattr(model, name) for name in ("_arch_args", "prompt_init", "vsi", "visual_proj")
-    ):
+    needed = ("head_cfg", "prompt_init", "vsi", "visual_proj", "get_prompts", "get_thresholds")
+    if not all(hasattr(model, name) for name in needed):
         raise TypeError(f"deploy needs a CPRFL model, got {type(model).__name__}")
-    for option, value in getattr(model, "_arch_args", {}).items():
-        if option not in _NEUTRAL_OPTIONS and value not in (None, False):
-            raise ValueError(
-                f"deploying a CPRFL model with {option}={value!r} is not supported: the deploy "
-                "path implements the paper's head (dot-product classifier, residual-free VSI)"
-            )
     mlp = model.vsi.mlp
     if not all(hasattr(mlp, name) for name in ("fc1", "act", "norm", "fc2")):
         raise ValueError(
@@ -260,18 +223,16 @@ def _set_training(model: nn.Module, modes: Sequence[tuple[nn.Module, bool]]) -> 
 
 
 @torch.no_grad()
-def _precompute(model: CPRFL) -> dict[str, torch.Tensor]:
+def _precompute(model: nn.Module) -> dict[str, torch.Tensor]:
     """Everything image-independent, computed with the model in eval mode (restored after)."""
     modes = [(m, m.training) for m in model.modules()]
     _set_training(model, [(m, False) for m, _ in modes])
     try:
         prompts = model.get_prompts()  # (C, d); a trainable text tower encodes the names here
         attn = model.vsi.attn
-        h, hd = attn.num_heads, attn.head_dim
-        qkv = F.linear(model.vsi.norm1(prompts), attn.qkv.weight, attn.qkv.bias)  # (C, 3·inner)
-        q, k, v = qkv.reshape(-1, 3, h, hd).permute(1, 2, 0, 3)  # each (h, C, hd)
+        q, k, v = attn.prompt_qkv(model.vsi.norm1(prompts))  # each (h, C, hd)
         q = q * attn.scale
-        num_classes = q.shape[1]
+        h, num_classes = q.shape[0], q.shape[1]
         chunk = max(1, _MAX_BLOCK // (h * num_classes))
         lse, out = [], []
         for start in range(0, num_classes, chunk):
@@ -279,11 +240,12 @@ def _precompute(model: CPRFL) -> dict[str, torch.Tensor]:
             lse.append(torch.logsumexp(scores, dim=-1, keepdim=True))
             out.append(torch.softmax(scores, dim=-1) @ v)
         fc2 = model.vsi.mlp.fc2
-        if getattr(model, "cosine_classifier", False):
+        if model.head_cfg.cosine_classifier:
             norm = prompts.norm(dim=-1, keepdim=True).clamp_min(COSINE_EPS)
             classifier_weight = model.logit_scale.exp() * prompts / norm  # (C, d)
             classifier_bias = model.logit_bias.expand(num_classes).clone()
         else:
+            prompts = prompts.to(fc2.weight.dtype)
             classifier_weight = prompts @ fc2.weight  # (C, hidden): W₂ᵀ p_i
             if fc2.bias is not None:
                 classifier_bias = prompts @ fc2.bias

@@ -7,20 +7,32 @@ embeddings (unless given or loaded) and check saved configs and weights on the w
 
 from __future__ import annotations
 
-import functools
+import warnings
 from typing import Any
 
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._builder import resolve_pretrained_cfg
 
-from .checkpoint import check_saved_model_args, pretrained_filter, saved_config_name
-from .head_config import MODEL_ARGS, upgrade_legacy_args
+from .checkpoint import (
+    check_state_dict,
+    pretrained_filter,
+    read_saved_weights,
+    saved_config_name,
+)
+from .config import CPRFLConfig, check_data_config, split_create_kwargs
+from .head_config import upgrade_legacy_args
 from .model import CPRFL
+from .text import prepare_text_inputs
 
-__all__ = ["cprfl", "cprfl_resnet50", "cprfl_resnet101", "cprfl_vit_base_patch16_224"]
+__all__ = [
+    "build_cprfl",
+    "cprfl",
+    "cprfl_resnet50",
+    "cprfl_resnet101",
+    "cprfl_vit_base_patch16_224",
+]
 
-# The CPRFL arguments an entrypoint takes (anything else goes to the backbone): the model's,
-# the head record, and the 0.1.0 name of the head width.
-_CPRFL_KWARGS = MODEL_ARGS | {"head_cfg", "dim"}
+_SAVED_SOURCES = ("local-dir", "hf-hub")
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
@@ -55,57 +67,106 @@ def _has_weight_source(cfg: dict[str, Any]) -> bool:
     return any(cfg.get(k) for k in ("hf_hub_id", "url", "file", "state_dict"))
 
 
-def _create_cprfl(variant: str, pretrained: bool = False, **kwargs: Any) -> CPRFL:
-    """Build a CPRFL model through timm's builder, so hub configs and weights load as usual.
+def build_cprfl(variant: str, pretrained: bool = False, **kwargs: Any) -> CPRFL:
+    """The one builder behind every door: ``create_cprfl``, the entrypoints, loading, train.py.
 
-    ``pretrained=True`` loads complete CPRFL weights (class embeddings included) from the
-    resolved pretrained config; ``pretrained_backbone=True`` only loads the backbone's weights.
-    Otherwise the class embeddings are computed (see :func:`cprfl_zoo.text.prepare_text_inputs`)
-    unless given; ``text_encoder``, ``text_pretrained``, ``templates``, ``normalize_embeddings``
-    and ``embed_cache_dir`` choose how.
+    ``pretrained`` means what it means in timm: ``False`` downloads nothing; ``True`` loads
+    the model's own weights where its pretrained config has a source (a saved folder, a Hub
+    repository, a registered file), and otherwise the backbone's pretrained weights, with the
+    CPRFL head initialised, as ``timm.create_model("resnet50", pretrained=True,
+    num_classes=10)`` does. Every keyword is checked before anything is built (see
+    :func:`~cprfl_zoo.config.split_create_kwargs`); a saved config is checked by
+    :meth:`~cprfl_zoo.config.CPRFLConfig.from_model_args` and its weights by
+    :func:`~cprfl_zoo.checkpoint.read_saved_weights` before the model is allocated.
+
+    Args:
+        variant: The registered architecture (``"cprfl"``, ``"cprfl_resnet101"``, ...).
+        pretrained: Load weights, as above.
+        **kwargs: Arguments of :class:`~cprfl_zoo.model.CPRFL`, the text keywords of
+            :func:`~cprfl_zoo.create_cprfl`, timm's builder arguments (``pretrained_cfg``,
+            ``pretrained_cfg_overlay``, ``cache_dir``), ``verify_checksum``, and the backbone
+            options accepted by name (``drop_path_rate``, ...).
+
+    Returns:
+        The model, in training mode as timm returns models.
+
+    Raises:
+        TypeError: For an unknown keyword, naming the closest valid one.
+        ValueError: For a bad argument or saved config, naming the field.
     """
-    from .text import pop_text_encoder_kwargs, prepare_text_inputs
-
-    text_kwargs = pop_text_encoder_kwargs(kwargs)
-    verify_checksum = bool(kwargs.pop("verify_checksum", True))
-    build_args = {
-        k: kwargs.pop(k)
-        for k in ("pretrained_cfg", "pretrained_cfg_overlay", "pretrained_model_args", "cache_dir")
-        if k in kwargs
-    }
-    if "pretrained_model_args" in build_args:  # timm read them from a saved config.json
-        saved = build_args["pretrained_model_args"]
-        check_saved_model_args(saved, saved_config_name(build_args.get("pretrained_cfg")))
-        _upgrade_saved_args(kwargs, saved)
-    model_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _CPRFL_KWARGS}
-    if kwargs:
-        backbone_kwargs = dict(model_kwargs.get("backbone_kwargs") or {})
-        backbone_kwargs.update(kwargs)
-        model_kwargs["backbone_kwargs"] = backbone_kwargs
-    if pretrained:
-        model_kwargs["pretrained_backbone"] = False
-    prepare_text_inputs(model_kwargs, text_kwargs, pretrained=pretrained)
+    saved_args = kwargs.pop("pretrained_model_args", None)
+    if saved_args is not None:  # timm read a config.json and merged its model_args into kwargs
+        CPRFLConfig.from_model_args(saved_args, saved_config_name(kwargs.get("pretrained_cfg")))
+    model_kwargs, text_kwargs, build = split_create_kwargs(kwargs, where=variant)
+    legacy = model_kwargs.pop("pretrained_backbone", None)
+    if legacy is not None:
+        warnings.warn(
+            "pretrained_backbone= is deprecated and will be removed in 0.3.0: pretrained=True "
+            "loads the backbone's pretrained weights when the model has no weights of its own, "
+            "as in timm",
+            FutureWarning,
+            stacklevel=4,
+        )
+    verify_checksum = bool(build.pop("verify_checksum", True))
+    pretrained_cfg = resolve_pretrained_cfg(
+        variant,
+        pretrained_cfg=build.pop("pretrained_cfg", None),
+        pretrained_cfg_overlay=build.pop("pretrained_cfg_overlay", None),
+    ).to_dict(remove_null=False)
+    cache_dir = build.pop("cache_dir", None)
+    from_saved = pretrained_cfg.get("source") in _SAVED_SOURCES
+    has_source = _has_weight_source(pretrained_cfg)
+    if saved_args is not None:
+        _load_saved_args(model_kwargs, saved_args, pretrained_cfg)
+    model_kwargs["pretrained_backbone"] = bool(legacy) or (pretrained and not has_source)
+    prepare_text_inputs(model_kwargs, text_kwargs, pretrained=pretrained and has_source)
+    weights = None
+    if pretrained and from_saved:
+        config = CPRFLConfig.from_model_args(
+            saved_args if saved_args is not None else {}, saved_config_name(pretrained_cfg)
+        )
+        weights = read_saved_weights(
+            pretrained_cfg,
+            saved_args or {},
+            config,
+            cache_dir=cache_dir,
+            verify_checksum=verify_checksum,
+        )
     model = build_model_with_cfg(
         CPRFL,
         variant,
-        pretrained,
+        pretrained and has_source and not from_saved,
+        pretrained_cfg=pretrained_cfg,
         pretrained_strict=True,
-        pretrained_filter_fn=functools.partial(
-            pretrained_filter,
-            cache_dir=build_args.get("cache_dir"),
-            verify_checksum=verify_checksum,
-        ),
-        **build_args,
+        pretrained_filter_fn=pretrained_filter,
+        **({"cache_dir": cache_dir} if cache_dir is not None else {}),
         **model_kwargs,
     )
-    cfg = dict(model.pretrained_cfg)
-    if not _has_weight_source(cfg):
-        data = model.backbone_data_config()
-        for key, value in data.items():
+    if weights is not None:
+        state = weights.load()
+        check_state_dict(state, model, weights.where)
+        model.load_state_dict(state, strict=True)
+    if not has_source:
+        cfg = dict(model.pretrained_cfg)
+        for key, value in model.backbone_data_config().items():
             if cfg.get(key) is None or key == "fixed_input_size":
                 cfg[key] = value
         model.pretrained_cfg = model.default_cfg = cfg
     return model
+
+
+def _load_saved_args(
+    model_kwargs: dict[str, Any], saved: dict[str, Any], pretrained_cfg: dict[str, Any]
+) -> None:
+    """Check a saved ``model_args`` (which timm merged into the arguments) and its data config."""
+    where = saved_config_name(pretrained_cfg)
+    check_data_config(pretrained_cfg, f"{where}: pretrained_cfg")
+    _upgrade_saved_args(model_kwargs, saved)
+    text_cfg = model_kwargs.get("text_encoder_cfg")
+    if text_cfg is not None and text_cfg is saved.get("text_encoder_cfg"):
+        from .config import upgrade_text_encoder_cfg
+
+        model_kwargs["text_encoder_cfg"] = upgrade_text_encoder_cfg(text_cfg)
 
 
 @register_model
@@ -113,28 +174,28 @@ def cprfl(pretrained: bool = False, **kwargs: Any) -> CPRFL:
     """CPRFL on any timm backbone, given as ``backbone="<timm model name>"``."""
     if "backbone" not in kwargs:
         raise ValueError("the generic 'cprfl' model needs backbone='<timm model name>'")
-    return _create_cprfl("cprfl", pretrained=pretrained, **kwargs)
+    return build_cprfl("cprfl", pretrained=pretrained, **kwargs)
 
 
 @register_model
 def cprfl_resnet50(pretrained: bool = False, **kwargs: Any) -> CPRFL:
     """CPRFL on ResNet-50 at 448 px."""
     kwargs.setdefault("backbone", "resnet50")
-    return _create_cprfl("cprfl_resnet50", pretrained=pretrained, **kwargs)
+    return build_cprfl("cprfl_resnet50", pretrained=pretrained, **kwargs)
 
 
 @register_model
 def cprfl_resnet101(pretrained: bool = False, **kwargs: Any) -> CPRFL:
     """CPRFL on ResNet-101 at 448 px, the paper's setting."""
     kwargs.setdefault("backbone", "resnet101")
-    return _create_cprfl("cprfl_resnet101", pretrained=pretrained, **kwargs)
+    return build_cprfl("cprfl_resnet101", pretrained=pretrained, **kwargs)
 
 
 @register_model
 def cprfl_vit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> CPRFL:
     """CPRFL on ViT-B/16."""
     kwargs.setdefault("backbone", "vit_base_patch16_224")
-    return _create_cprfl("cprfl_vit_base_patch16_224", pretrained=pretrained, **kwargs)
+    return build_cprfl("cprfl_vit_base_patch16_224", pretrained=pretrained, **kwargs)
 
 
 def _upgrade_saved_args(kwargs: dict[str, Any], saved: dict[str, Any]) -> None:

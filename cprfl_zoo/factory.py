@@ -26,7 +26,8 @@ def create_cprfl(
     class_names: Sequence[str] | None = None,
     text_embeddings: torch.Tensor | None = None,
     *,
-    pretrained_backbone: bool = True,
+    pretrained: bool = False,
+    pretrained_backbone: bool | None = None,
     text_encoder: str | Callable[[list[str]], torch.Tensor] | None = None,
     text_pretrained: str | os.PathLike[str] | None = None,
     templates: str | Sequence[str] | None = None,
@@ -47,9 +48,13 @@ def create_cprfl(
         class_names: Class names in logit order (not used when loading a saved model).
         text_embeddings: Class text embeddings (C, m). When omitted, they are computed from the
             class names with CLIP's text encoder and cached on disk.
-        pretrained_backbone: Load timm's pretrained weights for the backbone (ignored when
-            loading a saved model, whose file holds every weight, and for a module backbone,
-            which keeps its own weights).
+        pretrained: As in timm: ``False`` (the default) downloads nothing and initialises
+            every weight; ``True`` loads the backbone's pretrained weights (timm's default tag,
+            or the tag in the name) and initialises the CPRFL head, or, for a registered CPRFL
+            entrypoint with weights of its own, loads those. A saved model (``hf-hub:``,
+            ``local-dir:``) always loads its own weights. A module backbone keeps its weights.
+        pretrained_backbone: Deprecated alias of ``pretrained=True`` for the backbone (until
+            0.3.0).
         text_encoder: What computes the class embeddings when ``text_embeddings`` is omitted:
             an open_clip model name (default ``"RN50-quickgelu"``, as the official code), an
             ``hf-hub:`` id, a ``local-dir:`` folder, or a callable mapping a list of names to a
@@ -64,13 +69,20 @@ def create_cprfl(
         trainable_text_encoder: Keep CLIP's text tower in the model and fine-tune it,
             re-encoding the prompts on every training step, as the official code does (frozen,
             cached embeddings are the default).
-        **kwargs: Head arguments of :class:`~cprfl_zoo.model.CPRFL` (``dim``, ``drop_rate``...);
-            anything else is passed to ``timm.create_model`` for the backbone (``img_size=448``).
+        **kwargs: Arguments of :class:`~cprfl_zoo.model.CPRFL`: the head's fields
+            (``embed_dim``, ``num_heads``, ``drop_rate``, ...), ``img_size``, ``in_chans``,
+            ``thresholds``, and ``backbone_kwargs={...}`` for any other option of the backbone
+            (``drop_path_rate`` and a few more of timm's common options are accepted by name).
+            An unknown name is a ``TypeError`` naming the closest valid one, raised before
+            anything is built.
 
     Returns:
         The model, in training mode as timm returns models.
 
     Raises:
+        TypeError: For an unknown keyword argument.
+        BackboneWeightsError: If ``pretrained=True`` cannot load the backbone's weights (an
+            ``OSError`` naming the weights and how to provide them).
         ValueError: For an unknown backbone name, a module without timm's contract, backbone
             arguments given with a module, a ``model_name`` that is neither a string nor a
             module, or bad class names or embeddings.
@@ -108,6 +120,8 @@ def create_cprfl(
     kwargs.update({k: v for k, v in text_kwargs.items() if v is not None})
     if trainable_text_encoder:
         kwargs["trainable_text_encoder"] = True
+    if pretrained_backbone is not None:
+        kwargs["pretrained_backbone"] = pretrained_backbone
     if model_name.startswith(_HUB_PREFIXES):
         if class_names is not None or text_embeddings is not None:
             raise ValueError(
@@ -124,9 +138,9 @@ def create_cprfl(
         kwargs["backbone"] = backbone
     return timm.create_model(
         arch,
+        pretrained=pretrained,
         class_names=class_names,
         text_embeddings=text_embeddings,
-        pretrained_backbone=pretrained_backbone,
         **kwargs,
     )
 
@@ -162,6 +176,5 @@ def _create_on_module(
         backbone=module,
         class_names=class_names,
         text_embeddings=text_embeddings,
-        pretrained_backbone=False,
         **kwargs,
     )

@@ -27,7 +27,7 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import safetensors
 import safetensors.torch
@@ -48,16 +48,11 @@ from .checkpoint import (
     check_self_contained,
     check_state_dict,
     head_shape,
-    pretrained_filter,
     read_saved_config,
     saved_config_name,
-    verify_saved_weights,
 )
 from .fileio import atomic_folder
 from .model_card import CPRFL_CITATION, MODEL_CARD_NAME, build_model_card
-
-if TYPE_CHECKING:
-    from .model import CPRFL
 
 _logger = logging.getLogger(__name__)
 
@@ -72,12 +67,10 @@ __all__ = [
     "check_saved_model_args",
     "check_state_dict",
     "load_pretrained",
-    "pretrained_filter",
     "push_to_hub",
     "read_saved_config",
     "save_pretrained",
     "saved_config_name",
-    "verify_saved_weights",
 ]
 
 _DEFAULT_ARCHITECTURE = "cprfl"
@@ -90,7 +83,7 @@ def _architecture(model: nn.Module) -> str:
 
 
 def _write_folder(
-    model: CPRFL,
+    model: nn.Module,
     folder: Path,
     *,
     repo_id: str | None,
@@ -147,7 +140,7 @@ def _canonical_safetensors(data: bytes) -> bytes:
 
 
 def save_pretrained(
-    model: CPRFL,
+    model: nn.Module,
     save_directory: str | os.PathLike[str],
     *,
     repo_id: str | None = None,
@@ -185,7 +178,7 @@ def save_pretrained(
 
 
 def push_to_hub(
-    model: CPRFL,
+    model: nn.Module,
     repo_id: str,
     *,
     token: str | None = None,
@@ -277,7 +270,7 @@ def load_pretrained(
     cache_dir: str | os.PathLike[str] | None = None,
     verify_checksum: bool = True,
     **kwargs: Any,
-) -> CPRFL:
+) -> nn.Module:
     """Load a saved CPRFL model from a local folder or the Hugging Face Hub.
 
     Loading builds the backbone without its ImageNet weights and never runs CLIP: every tensor,

@@ -24,6 +24,7 @@ from torch import nn
 
 from .backbone import backbone_tokens, check_images, check_tokens, create_backbone
 from .classes import validate_class_inputs
+from .config import CPRFLConfig, check_backbone_kwargs, upgrade_text_encoder_cfg
 from .deploy import DeployedCPRFL
 from .head_config import COSINE_EPS, HeadConfig, resolve_head_config, validate_head_args
 from .hub import load_pretrained, push_to_hub, save_pretrained
@@ -43,8 +44,6 @@ _DATA_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mo
 
 
 COSINE_INIT_SCALE = 10.0  # initial s of the opt-in cosine classifier
-# Head fields that change training only; not saved, so a loaded model takes the caller's rates.
-_TRAINING_ONLY = ("drop_rate", "attn_drop_rate")
 
 
 class CPRFL(nn.Module):
@@ -121,14 +120,24 @@ class CPRFL(nn.Module):
         width = None if text_embeddings is None else int(text_embeddings.shape[1])
         cfg = resolve_head_config(head_cfg, head_args, text_width=width)
         validate_head_args({"in_chans": in_chans})
-
         backbone_kwargs = dict(backbone_kwargs or {})
+        check_backbone_kwargs(backbone_kwargs, "backbone_kwargs")
+        self.config = CPRFLConfig(
+            backbone=backbone if isinstance(backbone, str) else None,  # type: ignore[arg-type]
+            class_names=tuple(names),
+            head=cfg,
+            backbone_kwargs=backbone_kwargs,
+            img_size=img_size if img_size is None or isinstance(img_size, int) else tuple(img_size),
+            in_chans=in_chans,
+            trainable_text_encoder=trainable_text_encoder or text_tower is not None,
+        )
         if isinstance(backbone, str):
+            backbone_kwargs = dict(backbone_kwargs)
             if img_size is not None:
                 backbone_kwargs["img_size"] = img_size
             if in_chans != 3:
                 backbone_kwargs["in_chans"] = in_chans
-        self.backbone = create_backbone(backbone, pretrained=pretrained_backbone, **backbone_kwargs)
+        self.backbone = _create_backbone(backbone, pretrained_backbone, backbone_kwargs)
         self.visual_proj = nn.Linear(self.backbone.num_features, cfg.embed_dim)
         self.prompt_init = PromptInit(
             cfg.text_dim, cfg.embed_dim, mlp_ratio=cfg.pi_mlp_ratio, linear=cfg.pi_linear
@@ -153,38 +162,42 @@ class CPRFL(nn.Module):
         self.head_hidden_size = self.embed_dim = cfg.embed_dim
         self.text_dim = cfg.text_dim
         self.in_chans = in_chans
-        self.detach_classifier_prompts = cfg.detach_classifier_prompts
-        self.detach_refined_features = cfg.detach_refined_features
-        self.cosine_classifier = cfg.cosine_classifier
-        if self.cosine_classifier:
+        if cfg.cosine_classifier:
             self.logit_scale = nn.Parameter(torch.tensor(math.log(COSINE_INIT_SCALE)))
             self.logit_bias = nn.Parameter(torch.zeros(()))
         self.grad_checkpointing = False
         self._thresholds: list[float] | None = None
         if thresholds is not None:
             self.set_thresholds(thresholds)
-        self.text_encoder_cfg = dict(text_encoder_cfg or {})
+        self.text_encoder_cfg = upgrade_text_encoder_cfg(text_encoder_cfg or {})
         if trainable_text_encoder and text_tower is None:
             from .text import TextTower
 
             text_tower = TextTower.from_config(self.text_encoder_cfg.get("text_tower"), len(names))
-        if text_tower is not None and text_tower.embed_dim != cfg.text_dim:
+        if text_tower is not None and text_tower.text_dim != cfg.text_dim:
             raise ValueError(
-                f"the text tower gives width {text_tower.embed_dim}, but text_dim={cfg.text_dim}"
+                f"the text tower gives width {text_tower.text_dim}, but text_dim={cfg.text_dim}"
             )
         self.text_tower = text_tower
         self.class_embeddings_frozen = False
-        self._arch_args: dict[str, Any] = {
-            "backbone": backbone if isinstance(backbone, str) else None,
-            "backbone_kwargs": {k: v for k, v in backbone_kwargs.items() if k != "img_size"},
-            **{k: v for k, v in cfg.to_dict().items() if k not in _TRAINING_ONLY},
-            "in_chans": in_chans,
-            "trainable_text_encoder": text_tower is not None,
-        }
-        if img_size is not None:
-            self._arch_args["img_size"] = img_size
         self.pretrained_cfg: dict[str, Any] = self.backbone_data_config()
         self._init_head_weights()
+
+    # The head options read in forward, as timm models keep theirs: views of head_cfg.
+    @property
+    def detach_classifier_prompts(self) -> bool:
+        """Whether gradients through the classifier path ``p_i`` are stopped."""
+        return self.head_cfg.detach_classifier_prompts
+
+    @property
+    def detach_refined_features(self) -> bool:
+        """Whether gradients through the refined features ``p'_i`` are stopped."""
+        return self.head_cfg.detach_refined_features
+
+    @property
+    def cosine_classifier(self) -> bool:
+        """Whether the opt-in cosine classifier scores the classes."""
+        return self.head_cfg.cosine_classifier
 
     # ------------------------------------------------------------------ construction helpers
     def _init_head_weights(self) -> None:
@@ -206,8 +219,8 @@ class CPRFL(nn.Module):
         cfg = dict(getattr(self.backbone, "pretrained_cfg", None) or {})
         out = {k: cfg[k] for k in _DATA_KEYS if cfg.get(k) is not None}
         size = getattr(getattr(self.backbone, "patch_embed", None), "img_size", None)
-        if size is None and self._arch_args.get("img_size") is not None:
-            size = self._arch_args["img_size"]
+        if size is None and self.config.img_size is not None:
+            size = self.config.img_size
         if size is not None:
             size = (size, size) if isinstance(size, int) else tuple(size)
             out["input_size"] = (self.in_chans, *size)
@@ -218,24 +231,40 @@ class CPRFL(nn.Module):
 
     @property
     def model_args(self) -> dict[str, Any]:
-        """JSON-serialisable arguments that rebuild this architecture (without weights)."""
-        if self._arch_args["backbone"] is None:
+        """JSON-serialisable arguments that rebuild this architecture (without weights).
+
+        Returns:
+            :meth:`CPRFLConfig.to_model_args` of :meth:`current_config`.
+        """
+        return self.current_config().to_model_args()
+
+    def current_config(self) -> CPRFLConfig:
+        """The model's :class:`~cprfl_zoo.config.CPRFLConfig`, with its current classes.
+
+        Returns:
+            The config (class names, thresholds and text provenance as they are now).
+
+        Raises:
+            ValueError: For a model built on a backbone module instance, which no config
+                describes.
+        """
+        if self.config.backbone is None:
             raise ValueError(
                 "this CPRFL model was built from a backbone module instance, which cannot be "
                 "described by a config; build it from a timm model name to save or share it"
             )
-        args = dict(self._arch_args, class_names=list(self.class_names))
-        if self.text_encoder_cfg:
-            args["text_encoder_cfg"] = dict(self.text_encoder_cfg)
-        if self._thresholds is not None:
-            args["thresholds"] = list(self._thresholds)
-        return args
+        return self.config.replace(
+            class_names=tuple(self.class_names),
+            text_encoder_cfg=dict(self.text_encoder_cfg),
+            thresholds=None if self._thresholds is None else tuple(self._thresholds),
+            trainable_text_encoder=self.text_tower is not None,
+        )
 
     @property
     def _model_args(self) -> dict[str, Any]:
         # timm's exporter reads reconstruction args from here; CPRFL keeps its own, complete set.
         # A module backbone has none; timm.create_model reads this too, so it must not raise.
-        if self._arch_args["backbone"] is None:
+        if self.config.backbone is None:
             return {}
         return self.model_args
 
@@ -576,3 +605,38 @@ class CPRFL(nn.Module):
             The model (in training mode, as timm returns models).
         """
         return load_pretrained(repo_id_or_path, revision, **kwargs)
+
+
+def _create_backbone(
+    backbone: str | nn.Module, pretrained: bool, backbone_kwargs: dict[str, Any]
+) -> nn.Module:
+    """Create the backbone; a failed weight load names the weights and how to provide them."""
+    if not (pretrained and isinstance(backbone, str)):
+        return create_backbone(backbone, pretrained=pretrained, **backbone_kwargs)
+    try:
+        return create_backbone(backbone, pretrained=True, **backbone_kwargs)
+    except (OSError, RuntimeError) as e:
+        raise BackboneWeightsError(backbone, e) from e
+
+
+class BackboneWeightsError(OSError):
+    """The pretrained weights of a named backbone could not be loaded (offline, not cached)."""
+
+    def __init__(self, backbone: str, error: BaseException) -> None:
+        import timm
+
+        cfg = timm.get_pretrained_cfg(backbone) if timm.is_model(backbone.split(".")[0]) else None
+        if cfg is not None and cfg.hf_hub_id:
+            source = f"hf-hub:{cfg.hf_hub_id} ({cfg.hf_hub_filename or 'model.safetensors'})"
+        elif cfg is not None and cfg.url:
+            source = cfg.url
+        else:
+            source = "timm's default weights"
+        super().__init__(
+            f"pretrained=True could not load the backbone weights of {backbone!r} from {source}: "
+            f"{type(error).__name__}: {error}. Offline? Download them once on a connected "
+            "machine (they are cached), give a local file with "
+            "pretrained_cfg_overlay={'file': PATH} in timm.create_model of the backbone, or use "
+            "pretrained=False for a randomly initialised backbone"
+        )
+        self.backbone = backbone

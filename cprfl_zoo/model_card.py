@@ -5,13 +5,10 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 from torch import nn
-
-if TYPE_CHECKING:
-    from .model import CPRFL
 
 __all__ = ["CPRFL_CITATION", "MODEL_CARD_NAME", "build_model_card"]
 
@@ -75,7 +72,7 @@ def _text_encoder_lines(text_cfg: Mapping[str, Any]) -> list[str]:
 
 
 def build_model_card(
-    model: CPRFL,
+    model: nn.Module,
     *,
     repo_id: str | None = None,
     metrics: Mapping[str, float] | None = None,

@@ -66,6 +66,46 @@ class PromptAttention(nn.Module):
         self.proj = nn.Linear(self.inner_dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
+    def prompt_qkv(self, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Project the normalised prompts to queries, keys and values, once per batch.
+
+        Args:
+            prompts: Normalised prompts (C, d).
+
+        Returns:
+            ``(q, k, v)``, each (heads, C, head_dim); ``q`` is not yet scaled.
+        """
+        qkv = F.linear(prompts, self.qkv.weight, self.qkv.bias)  # (C, 3·inner)
+        return qkv.reshape(-1, 3, self.num_heads, self.head_dim).permute(1, 2, 0, 3).unbind(0)
+
+    def token_kv(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Project the normalised visual tokens to keys and values.
+
+        Args:
+            tokens: Normalised visual tokens (B, v, d).
+
+        Returns:
+            ``(k, v)``, each (B, heads, v, head_dim).
+        """
+        inner = self.inner_dim
+        bias = self.qkv.bias
+        kv = F.linear(tokens, self.qkv.weight[inner:], None if bias is None else bias[inner:])
+        batch, num_tokens = tokens.shape[:2]
+        kv = kv.reshape(batch, num_tokens, 2, self.num_heads, self.head_dim)
+        return kv.permute(2, 0, 3, 1, 4).unbind(0)
+
+    def merge_heads(self, out: torch.Tensor) -> torch.Tensor:
+        """Concatenate the heads and apply the output projection (and its dropout).
+
+        Args:
+            out: Attention output per head (B, heads, C, head_dim).
+
+        Returns:
+            (B, C, d).
+        """
+        out = out.transpose(1, 2).flatten(2)
+        return self.proj_drop(self.proj(out))
+
     def forward(self, tokens: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
         """Attend from each prompt to all visual tokens and all prompts.
 
@@ -76,33 +116,28 @@ class PromptAttention(nn.Module):
         Returns:
             Attention output at the prompt positions (B, C, d).
         """
-        batch, num_tokens = tokens.shape[:2]
-        num_prompts = prompts.shape[0]
-        h, hd, inner = self.num_heads, self.head_dim, self.inner_dim
-        bias = self.qkv.bias
-        prompt_qkv = F.linear(prompts, self.qkv.weight, bias)  # (C, 3·inner), once per batch
-        q = prompt_qkv[:, :inner].reshape(1, num_prompts, h, hd).transpose(1, 2)
-        kv_weight = self.qkv.weight[inner:]
-        kv_bias = bias[inner:] if bias is not None else None
-        token_kv = F.linear(tokens, kv_weight, kv_bias)  # (B, v, 2·inner)
-        kv = torch.cat([token_kv, prompt_qkv[:, inner:].expand(batch, -1, -1)], dim=1)
-        kv = kv.reshape(batch, num_tokens + num_prompts, 2, h, hd).permute(2, 0, 3, 1, 4)
+        batch = tokens.shape[0]
+        q, prompt_k, prompt_v = self.prompt_qkv(prompts)
+        token_k, token_v = self.token_kv(tokens)
+        k = torch.cat([token_k, prompt_k.expand(batch, -1, -1, -1)], dim=2)
+        v = torch.cat([token_v, prompt_v.expand(batch, -1, -1, -1)], dim=2)
+        q = q.unsqueeze(0)
         dropout_p = self.attn_drop if self.training else 0.0
+        num_prompts, num_keys = q.shape[2], k.shape[2]
         explicit = (
             tokens.is_cuda
-            and hd > 256
-            and batch * h * num_prompts * kv.shape[3] <= _MAX_EXPLICIT_SCORES
+            and self.head_dim > 256
+            and batch * self.num_heads * num_prompts * num_keys <= _MAX_EXPLICIT_SCORES
         )
         if self.fused_attn and not explicit:
             out = F.scaled_dot_product_attention(
-                q.expand(batch, -1, -1, -1), kv[0], kv[1], dropout_p=dropout_p, scale=self.scale
+                q.expand(batch, -1, -1, -1), k, v, dropout_p=dropout_p, scale=self.scale
             )
         else:
-            scores = (q * self.scale) @ kv[0].transpose(-2, -1)  # (B, h, C, v + C)
+            scores = (q * self.scale) @ k.transpose(-2, -1)  # (B, h, C, v + C)
             attn = F.dropout(scores.softmax(dim=-1), p=dropout_p)
-            out = attn @ kv[1]
-        out = out.transpose(1, 2).reshape(batch, num_prompts, inner)
-        return self.proj_drop(self.proj(out))
+            out = attn @ v
+        return self.merge_heads(out)
 
 
 class VSI(nn.Module):

@@ -188,7 +188,7 @@ def class_embeddings(names: list[str], seed: int) -> tuple[torch.Tensor, dict, s
         reason = short_reason(e)
     gen = torch.Generator().manual_seed(seed)
     emb = torch.randn(len(names), RANDOM_EMBED_DIM, generator=gen)
-    cfg = {"model_name": f"custom:random-normal(seed={seed})", "embed_dim": RANDOM_EMBED_DIM}
+    cfg = {"model_name": f"custom:random-normal(seed={seed})", "text_dim": RANDOM_EMBED_DIM}
     note = (
         f"FALLBACK random class embeddings (seeded, {RANDOM_EMBED_DIM}-d): CLIP weights "
         f"unavailable ({reason})"
@@ -376,7 +376,7 @@ def digits_models(
     torch.manual_seed(args.seed)
     cprfl = cprfl_zoo.create_cprfl(
         args.backbone, class_names=names, text_embeddings=emb, text_encoder_cfg=text_cfg,
-        pretrained_backbone=False, **DIGITS_HEAD,
+        pretrained=False, **DIGITS_HEAD,
     )  # fmt: skip
     # The saved config records how the model was trained: whole images at this size, so that
     # predict.py (timm's eval transform) resizes without cropping.

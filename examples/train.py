@@ -579,7 +579,7 @@ def random_class_embeddings(args: argparse.Namespace, num_classes: int) -> tuple
         args.text_dim,
         args.seed,
     )
-    cfg = {"model_name": f"custom:random-normal(seed={args.seed})", "embed_dim": args.text_dim}
+    cfg = {"model_name": f"custom:random-normal(seed={args.seed})", "text_dim": args.text_dim}
     return emb, cfg
 
 

@@ -30,7 +30,7 @@ def tiny_cprfl(class_names: list[str], text_dim: int = 16, **kwargs):
         "test_resnet",
         class_names=class_names,
         text_embeddings=torch.randn(len(class_names), text_dim),
-        pretrained_backbone=False,
+        pretrained=False,
         **TINY_HEAD,
         **kwargs,
     ).eval()

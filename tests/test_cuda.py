@@ -20,7 +20,7 @@ def _model(backbone: str = "test_resnet", classes: int = 20, **kwargs):
         backbone,
         names,
         torch.randn(classes, 64),
-        pretrained_backbone=False,
+        pretrained=False,
         **{**HEAD, **kwargs},
     ).cuda()
 

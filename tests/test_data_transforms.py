@@ -68,7 +68,7 @@ def test_timm_recipe_on_a_cprfl_model():
         "test_resnet",
         class_names=list("abcde"),
         text_embeddings=torch.randn(5, 16),
-        pretrained_backbone=False,
+        pretrained=False,
         embed_dim=32,
         num_heads=2,
         head_dim=8,

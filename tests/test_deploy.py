@@ -234,7 +234,7 @@ def test_trainable_text_tower_is_encoded_once(tmp_path: Path, monkeypatch, tiny_
     model = create_cprfl(
         "test_resnet",
         class_names=["dog", "traffic_light", "cat"],
-        pretrained_backbone=False,
+        pretrained=False,
         text_encoder=TINY_NAME,
         text_pretrained=ckpt,
         trainable_text_encoder=True,

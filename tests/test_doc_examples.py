@@ -167,7 +167,7 @@ def _install(monkeypatch: pytest.MonkeyPatch, env: _Env) -> None:
             _tiny_backbone(backbone),
             class_names=class_names,
             text_embeddings=text_embeddings,
-            pretrained_backbone=False,
+            pretrained=False,
             **TINY_HEAD,
             **kwargs,
         )
@@ -249,7 +249,7 @@ def saved_tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, CPRFL]:
         "test_resnet",
         class_names=names,
         text_embeddings=_random_embeddings(names),
-        pretrained_backbone=False,
+        pretrained=False,
         text_encoder_cfg={"model_name": "RN50-quickgelu", "embed_dim": EMBED_DIM},
         **TINY_HEAD,
     ).eval()

@@ -21,7 +21,7 @@ SMALL = {"num_heads": 2, "head_dim": 8, "mlp_hidden_dim": 24}
 def _model(**kwargs: object) -> CPRFL:
     torch.manual_seed(0)
     return create_cprfl(
-        "test_resnet", NAMES, torch.randn(3, 12), pretrained_backbone=False, **SMALL, **kwargs
+        "test_resnet", NAMES, torch.randn(3, 12), pretrained=False, **SMALL, **kwargs
     )
 
 

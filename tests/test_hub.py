@@ -39,7 +39,7 @@ def _make_model(seed: int = 0, names: list[str] = NAMES) -> CPRFL:
         "test_resnet",
         class_names=names,
         text_embeddings=torch.randn(len(names), 16),
-        pretrained_backbone=False,
+        pretrained=False,
         embed_dim=32,
         num_heads=2,
         head_dim=8,

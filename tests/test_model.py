@@ -17,7 +17,7 @@ def make(tiny_head: dict, backbone: str = "test_resnet", **kwargs) -> CPRFL:
     torch.manual_seed(0)
     kwargs.setdefault("text_embeddings", torch.randn(len(NAMES), 12))
     return create_cprfl(
-        backbone, class_names=NAMES, pretrained_backbone=False, **tiny_head, **kwargs
+        backbone, class_names=NAMES, pretrained=False, **tiny_head, **kwargs
     )
 
 
@@ -49,7 +49,7 @@ def test_pi_network_structure():
         "test_resnet",
         NAMES,
         torch.randn(5, 12),
-        pretrained_backbone=False,
+        pretrained=False,
         embed_dim=32,
         num_heads=2,
         head_dim=8,
@@ -62,7 +62,7 @@ def test_pi_network_structure():
         "test_resnet",
         NAMES,
         torch.randn(5, 12),
-        pretrained_backbone=False,
+        pretrained=False,
         pi_linear=True,
         embed_dim=32,
         num_heads=2,
@@ -79,7 +79,7 @@ def test_vsi_sizes_follow_arguments():
         "test_resnet",
         NAMES,
         torch.randn(5, 12),
-        pretrained_backbone=False,
+        pretrained=False,
         embed_dim=24,
         num_heads=3,
         head_dim=5,
@@ -291,7 +291,7 @@ def test_bad_class_names(names, exc, match, tiny_head):
     n = max(len(names), 1)
     with pytest.raises(exc, match=match):
         create_cprfl(
-            "test_resnet", names, torch.randn(n, 12), pretrained_backbone=False, **tiny_head
+            "test_resnet", names, torch.randn(n, 12), pretrained=False, **tiny_head
         )
 
 
@@ -328,11 +328,19 @@ def test_unknown_backbone(tiny_head):
         create_cprfl("resnet_nope", NAMES, torch.randn(5, 12), **tiny_head)
 
 
-def test_pretrained_without_weights_is_an_error(tiny_head):
-    # timm's own loader refuses, naming the model, before any random model is returned
-    with pytest.raises(RuntimeError, match="No pretrained weights exist for cprfl_resnet50"):
+def test_pretrained_without_weights_of_its_own_loads_the_backbone(tiny_head, monkeypatch):
+    # timm's semantics for a new head: pretrained=True means the backbone's weights; offline and
+    # uncached, that fails naming the weights, never "No pretrained weights exist for cprfl"
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(OSError, match=r"backbone weights of 'resnet50' from hf-hub:timm/resnet50"):
         timm.create_model(
-            "cprfl_resnet50", pretrained=True, class_names=NAMES, text_dim=12, **tiny_head
+            "cprfl_resnet50",
+            pretrained=True,
+            class_names=NAMES,
+            text_embeddings=torch.randn(5, 12),
+            **tiny_head,
         )
 
 
@@ -398,7 +406,7 @@ def test_bytes_class_names_are_not_a_sequence_of_ints(tiny_head):
     for names in (b"abc", bytearray(b"abc")):
         with pytest.raises(TypeError, match=r"sequence of strings, got (bytes|bytearray)"):
             create_cprfl(
-                "test_resnet", names, torch.randn(3, 12), pretrained_backbone=False, **tiny_head
+                "test_resnet", names, torch.randn(3, 12), pretrained=False, **tiny_head
             )
 
 

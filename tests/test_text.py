@@ -102,7 +102,7 @@ def test_defaults_resolve_to_the_official_encoder(online, monkeypatch: pytest.Mo
     model = create_cprfl(
         "test_resnet",
         class_names=["traffic_light", "dog"],
-        pretrained_backbone=False,
+        pretrained=False,
         embed_dim=32,
         num_heads=2,
         head_dim=8,
@@ -211,7 +211,7 @@ def test_class_names_are_checked_once_by_the_text_side(
     model = create_cprfl(
         "test_resnet",
         class_names=["dog", "cat"],
-        pretrained_backbone=False,
+        pretrained=False,
         text_encoder=TINY_NAME,
         text_pretrained=tiny,
         embed_dim=32,
@@ -532,7 +532,7 @@ def test_offline_miss_names_the_entry_and_how_to_fill_it(
     assert "--model RN50-quickgelu --pretrained openai" in message
     assert "text_embeddings=" in message
     with pytest.raises(OfflineCacheMissError, match="cprfl-zoo embed"):
-        create_cprfl("test_resnet", class_names=names, pretrained_backbone=False)
+        create_cprfl("test_resnet", class_names=names, pretrained=False)
     # A filled cache serves the same request offline.
     write_cache_entry(TextEncoderSpec.resolve().cache_key(names), torch.ones(2, 8), entry.parent)
     assert torch.equal(encode_class_names(names), torch.ones(2, 8))
@@ -562,7 +562,7 @@ def test_create_cprfl_text_kwargs_and_cache_dir(tiny: Path, online, tmp_path: Pa
     model = create_cprfl(
         "test_resnet",
         class_names=names,
-        pretrained_backbone=False,
+        pretrained=False,
         text_encoder=TINY_NAME,
         text_pretrained=tiny,
         embed_cache_dir=tmp_path / "emb",
@@ -596,7 +596,7 @@ def test_create_cprfl_text_kwargs_and_cache_dir(tiny: Path, online, tmp_path: Pa
             "test_resnet",
             class_names=names,
             text_embeddings=torch.randn(3, 16),
-            pretrained_backbone=False,
+            pretrained=False,
             text_encoder=TINY_NAME,
         )
 
@@ -605,7 +605,7 @@ def test_set_classes_without_embeddings_uses_the_recorded_encoder(tiny: Path, on
     model = create_cprfl(
         "test_resnet",
         class_names=["dog", "cat"],
-        pretrained_backbone=False,
+        pretrained=False,
         text_encoder=TINY_NAME,
         text_pretrained=tiny,
         embed_dim=32,
@@ -639,7 +639,7 @@ def test_callable_text_encoder(online) -> None:
     model = create_cprfl(
         "test_resnet",
         class_names=names,
-        pretrained_backbone=False,
+        pretrained=False,
         text_encoder=enc,
         embed_dim=32,
         num_heads=2,
@@ -667,7 +667,7 @@ def _trainable(tiny: Path, names: list[str]) -> CPRFL:
     return create_cprfl(
         "test_resnet",
         class_names=names,
-        pretrained_backbone=False,
+        pretrained=False,
         text_encoder=TINY_NAME,
         text_pretrained=tiny,
         trainable_text_encoder=True,
@@ -780,14 +780,14 @@ def test_trainable_set_classes_and_errors(tiny: Path, online) -> None:
             "test_resnet",
             class_names=["a"],
             text_embeddings=torch.randn(1, 16),
-            pretrained_backbone=False,
+            pretrained=False,
             trainable_text_encoder=True,
         )
     with pytest.raises(ValueError, match="callable text_encoder can only give frozen"):
         create_cprfl(
             "test_resnet",
             class_names=["a"],
-            pretrained_backbone=False,
+            pretrained=False,
             text_encoder=_BagOfLetters(),
             trainable_text_encoder=True,
         )

@@ -90,7 +90,7 @@ def test_logits_and_all_gradients_equal_naive_form(name, layout, bb_kwargs, batc
         name,
         class_names=names,
         text_embeddings=torch.randn(7, 12),
-        pretrained_backbone=False,
+        pretrained=False,
         drop_rate=0.0,
         **tiny_head,
         **bb_kwargs,

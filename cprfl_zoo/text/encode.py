@@ -129,7 +129,7 @@ def _encode_with_tower(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     tower = load_text_tower(config).to(device)
     tokens = tower.tokenize(names)
-    feats = torch.empty(len(tokens), tower.embed_dim, dtype=torch.float32)
+    feats = torch.empty(len(tokens), tower.text_dim, dtype=torch.float32)
     with tqdm(
         total=len(tokens),
         unit="prompt",
@@ -426,6 +426,6 @@ def _trainable_inputs(config: TextConfig, names: list[str]) -> dict[str, Any]:
     tower.train()
     with torch.no_grad():
         embeddings = tower().float()
-    cfg = config.provenance(tower.embed_dim)
+    cfg = config.provenance(tower.text_dim)
     cfg.update(trainable=True, text_tower=tower.config)
     return {"text_embeddings": embeddings, "text_encoder_cfg": cfg, "text_tower": tower}

@@ -85,7 +85,7 @@ class TextConfig:
             ``hf-hub:``, ``local-dir:`` and custom encoders, which carry their own weights.
         templates: Prompt templates, each with one ``{}``; empty for a custom encoder.
         normalize: L2-normalise the embeddings (always, when several templates are averaged).
-        embed_dim: Width m of the embeddings, once known.
+        text_dim: Width m of the embeddings, once known (``embed_dim`` before 0.2.0).
         cache_dir: Folder of the embedding cache (``None``: the default one). Where the
             embeddings are kept, not what they are: neither compared nor saved.
         encoder: The callable of a custom encoder (not compared, not saved).
@@ -95,7 +95,7 @@ class TextConfig:
     pretrained: str | None = DEFAULT_PRETRAINED
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
     normalize: bool = False
-    embed_dim: int | None = None
+    text_dim: int | None = None
     cache_dir: Path | None = field(default=None, compare=False)
     encoder: TextEncoderFn | None = field(default=None, compare=False, repr=False)
 
@@ -175,6 +175,8 @@ class TextConfig:
             The configuration, as recorded.
         """
         custom = str(cfg.get("model_name", "")).startswith(CUSTOM_PREFIX)
+        if "embed_dim" in cfg and "text_dim" not in cfg:  # saved before 0.2.0
+            cfg = {**cfg, "text_dim": cfg["embed_dim"]}
         args = {k: cfg[k] for k in _SAVED_FIELDS if k in cfg}
         if custom:
             args.update(pretrained=None, templates=())
@@ -256,22 +258,22 @@ class TextConfig:
                 "normalize": self.normalize,
                 "text_transform": TEXT_TRANSFORM,
             }
-        if self.embed_dim is not None:
-            out["embed_dim"] = int(self.embed_dim)
+        if self.text_dim is not None:
+            out["text_dim"] = int(self.text_dim)
         if not self.is_custom:
             out["open_clip_version"] = open_clip_version()
         return out
 
-    def provenance(self, embed_dim: int) -> dict[str, Any]:
+    def provenance(self, text_dim: int) -> dict[str, Any]:
         """Return :meth:`to_dict` of this configuration with the embedding width set.
 
         Args:
-            embed_dim: Width m of the embeddings.
+            text_dim: Width m of the embeddings.
 
         Returns:
             The ``text_encoder_cfg`` dict.
         """
-        return dataclasses.replace(self, embed_dim=int(embed_dim)).to_dict()
+        return dataclasses.replace(self, text_dim=int(text_dim)).to_dict()
 
 
 TextEncoderSpec = TextConfig
@@ -345,7 +347,7 @@ def resolve_text_config(
         text_encoder_cfg: A ``text_encoder_cfg`` dict to start from.
 
     Returns:
-        The resolved configuration (``embed_dim`` not set).
+        The resolved configuration (``text_dim`` not set).
 
     Raises:
         ValueError: As :meth:`TextConfig.resolve`.

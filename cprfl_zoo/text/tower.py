@@ -289,7 +289,7 @@ class TextTower(nn.Module):
         }
 
     @property
-    def embed_dim(self) -> int:
+    def text_dim(self) -> int:
         """Width m of the text features."""
         return int(self.arch["embed_dim"])
 
@@ -392,7 +392,7 @@ class TextTower(nn.Module):
             out = self.text(tokens)
             return out[0] if isinstance(out, tuple) else out
         if tokens.shape[0] == 0:
-            return tokens.new_zeros((0, self.embed_dim), dtype=torch.float32)
+            return tokens.new_zeros((0, self.text_dim), dtype=torch.float32)
         return self._encode_prefix(tokens[:, : int(self.needed_lengths(tokens).max())])
 
     def forward(self) -> torch.Tensor:

@@ -333,25 +333,55 @@ class SavedWeights:
         header: Its safetensors header: tensor name to ``{"dtype", "shape", ...}``.
         metadata: Its ``__metadata__``.
         where: The weights file, for messages.
+        config_where: The ``config.json`` it belongs to, for messages.
+        expected_sha256: The checksum ``config.json`` records (``None``: not checked).
     """
 
     data: bytes
     header: dict[str, Any]
     metadata: dict[str, str]
     where: str
+    config_where: str
+    expected_sha256: str | None
 
     def load(self) -> dict[str, torch.Tensor]:
         """Return the tensors.
 
         Returns:
             Tensor name to tensor, on the CPU.
+
+        Raises:
+            ValueError: If the file is not a complete safetensors file.
         """
-        return safetensors.torch.load(self.data)
+        try:
+            return safetensors.torch.load(self.data)
+        except safetensors.SafetensorError as e:
+            raise ValueError(
+                f"{self.where} is not a complete safetensors file ({e}); it is empty, truncated "
+                "or not safetensors: re-download or re-save it"
+            ) from None
+
+    def verify_checksum(self) -> None:
+        """Compare the SHA-256 of the loaded bytes with the one ``config.json`` records.
+
+        Raises:
+            CheckpointMismatchError: If they differ.
+        """
+        if self.expected_sha256 is None:
+            return
+        actual = hashlib.sha256(self.data).hexdigest()
+        if actual != self.expected_sha256:
+            raise CheckpointMismatchError(
+                f"{self.where} has SHA-256 {actual}, but {self.config_where} records "
+                f"{CHECKSUM_FIELD} {self.expected_sha256}: the weights file changed after it was "
+                "saved (corrupted, truncated or edited). Re-download or re-save it; for a file "
+                "changed on purpose, load with verify_checksum=False"
+            )
 
 
 def saved_model_files(
     pretrained_cfg: Mapping[str, Any], cache_dir: str | os.PathLike[str] | None
-) -> tuple[Path, Path, str] | None:
+) -> tuple[Path, Path, str, str] | None:
     """Locate the ``config.json`` and ``model.safetensors`` of a ``local-dir:``/``hf-hub:`` load.
 
     Hub files are downloaded (or read from the cache); nothing else is ever read: a folder
@@ -363,7 +393,8 @@ def saved_model_files(
         cache_dir: Hugging Face cache folder.
 
     Returns:
-        ``(config, weights, where)``, or ``None`` when the config names no saved model.
+        ``(config, weights, config_where, weights_where)`` (the last two name the files in
+        messages), or ``None`` when the config names no saved model.
 
     Raises:
         FileNotFoundError: Naming the missing file.
@@ -379,7 +410,7 @@ def saved_model_files(
                     f"{path} is missing: a saved CPRFL model is {CONFIG_NAME} + {WEIGHTS_NAME} "
                     "(weights are only read from safetensors)"
                 )
-        return config, weights, str(config)
+        return config, weights, str(config), str(weights)
     if source == "hf-hub" and pretrained_cfg.get("hf_hub_id"):
         repo, _, revision = str(pretrained_cfg["hf_hub_id"]).partition("@")
         filename = pretrained_cfg.get("hf_hub_filename") or WEIGHTS_NAME
@@ -392,7 +423,8 @@ def saved_model_files(
             Path(hf_hub_download(repo, name, revision=revision or None, cache_dir=cache_dir))
             for name in (CONFIG_NAME, filename)
         ]
-        return found[0], found[1], f"hf-hub:{pretrained_cfg['hf_hub_id']} ({CONFIG_NAME})"
+        ref = f"hf-hub:{pretrained_cfg['hf_hub_id']}"
+        return found[0], found[1], f"{ref} ({CONFIG_NAME})", f"{ref} ({filename})"
     return None
 
 
@@ -433,46 +465,40 @@ def read_saved_weights(
     files = saved_model_files(pretrained_cfg, cache_dir)
     if files is None:
         raise ValueError("the pretrained config names no saved CPRFL folder or Hub repository")
-    config_path, weights_path, where = files
+    config_path, weights_path, where, weights_where = files
     saved = parse_saved_config(config_path.read_bytes(), where)
     if saved.get("model_args") != dict(model_args):
         raise CheckpointMismatchError(
             f"{where} changed while the model was being loaded (saved again?); load it again"
         )
     data = weights_path.read_bytes()
-    expected = saved.get(CHECKSUM_FIELD)
-    if verify_checksum and expected is not None:
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != expected:
-            raise CheckpointMismatchError(
-                f"{weights_path} has SHA-256 {actual}, but {where} records {CHECKSUM_FIELD} "
-                f"{expected}: the weights file changed after it was saved (corrupted, truncated "
-                "or edited). Re-download or re-save it; for a file changed on purpose, load "
-                "with verify_checksum=False"
-            )
-    header, metadata = _safetensors_header(data, weights_path)
-    check_header(header, config, str(weights_path))
+    header, metadata = _safetensors_header(data, weights_where)
+    check_header(header, config, weights_where)
     _check_metadata(metadata, config, weights_path, where)
-    return SavedWeights(data, header, metadata, str(weights_path))
+    expected = saved.get(CHECKSUM_FIELD) if verify_checksum else None
+    return SavedWeights(data, header, metadata, weights_where, where, expected)
 
 
-def _safetensors_header(data: bytes, path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+def _safetensors_header(data: bytes, path: str) -> tuple[dict[str, Any], dict[str, str]]:
     problem = None
     if len(data) < 8:
-        problem = "shorter than a safetensors header"
+        problem = "header too small"
     else:
         size = int.from_bytes(data[:8], "little")
         if size > len(data) - 8:
-            problem = "truncated (its header runs past the end of the file)"
+            problem = "incomplete metadata, file not fully covered"
         else:
             try:
                 header = json.loads(data[8 : 8 + size])
             except (ValueError, RecursionError):
                 header = None
             if not isinstance(header, dict):
-                problem = "not a safetensors file (no JSON header)"
+                problem = "invalid header"
     if problem is not None:
-        raise ValueError(f"{path} is {problem}: re-download or re-save it")
+        raise ValueError(
+            f"{path} is not a complete safetensors file ({problem}); it is empty, truncated or "
+            "not safetensors: re-download or re-save it"
+        )
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict):
         raise ValueError(f"{path}: the safetensors metadata is not an object")
@@ -482,23 +508,39 @@ def _safetensors_header(data: bytes, path: Path) -> tuple[dict[str, Any], dict[s
 def expected_head_shapes(config: CPRFLConfig) -> dict[str, tuple[int, ...]]:
     """Shapes of the head tensors that a config implies (the backbone's are not listed).
 
+    The head's modules are built on the meta device, so this allocates nothing and follows
+    every head option without a second copy of the layer shapes.
+
     Args:
         config: The model's config.
 
     Returns:
         Tensor name to shape.
     """
+    from .prompt_init import PromptInit
+    from .vsi import VSI
+
     head = config.head
-    d, inner, hidden = head.embed_dim, head.num_heads * head.head_dim, head.mlp_hidden_dim
-    return {
-        "class_embeddings": (len(config.class_names), head.text_dim),
-        "vsi.attn.qkv.weight": (3 * inner, d),
-        "vsi.attn.proj.weight": (d, inner),
-        "vsi.mlp.fc1.weight": (hidden, d),
-        "vsi.mlp.fc2.weight": (d, hidden),
-        "vsi.norm1.weight": (d,),
-        "vsi.norm2.weight": (d,),
+    with torch.device("meta"):
+        modules = {
+            "prompt_init": PromptInit(
+                head.text_dim, head.embed_dim, mlp_ratio=head.pi_mlp_ratio, linear=head.pi_linear
+            ),
+            "vsi": VSI(
+                head.embed_dim,
+                num_heads=head.num_heads,
+                head_dim=head.head_dim,
+                mlp_hidden_dim=head.mlp_hidden_dim,
+                qkv_bias=head.qkv_bias,
+            ),
+        }
+    shapes = {
+        f"{prefix}.{name}": tuple(t.shape)
+        for prefix, module in modules.items()
+        for name, t in module.state_dict().items()
     }
+    shapes["class_embeddings"] = (len(config.class_names), head.text_dim)
+    return shapes
 
 
 def check_header(header: Mapping[str, Any], config: CPRFLConfig, where: str) -> None:
@@ -513,7 +555,8 @@ def check_header(header: Mapping[str, Any], config: CPRFLConfig, where: str) -> 
         CheckpointMismatchError: Naming every tensor whose shape disagrees.
     """
     wrong = []
-    for name, shape in expected_head_shapes(config).items():
+    expected = expected_head_shapes(config)
+    for name, shape in sorted(expected.items(), key=lambda item: item[0] != "class_embeddings"):
         entry = header.get(name)
         if not isinstance(entry, Mapping):
             continue  # reported, with every other missing tensor, by check_state_dict

@@ -105,6 +105,7 @@ _SAVED_KEYS = (
     frozenset(HEAD_FIELDS)
     | {"backbone", "class_names", "backbone_kwargs", "img_size", "in_chans"}
     | {"text_encoder_cfg", "trainable_text_encoder", "thresholds"}
+    | {"num_classes", "global_pool"}  # timm writes them beside the model's own arguments
 )
 _MAX_WIDTH = 1 << 16
 _MAX_HEADS = 1024
@@ -365,7 +366,7 @@ class CPRFLConfig:
         if backbone.startswith(("hf-hub:", "local-dir:")):
             raise ValueError(
                 f"{where}: model_args.backbone is {backbone!r}: building it reads another "
-                "model's config, so the saved model is not self-contained"
+                "model's config, so a saved CPRFL model would not be self-contained"
             )
         names = args["class_names"]
         if not isinstance(names, list):
@@ -377,10 +378,22 @@ class CPRFLConfig:
             raise ValueError(
                 f"{where}: model_args.class_names has {len(names)} names, more than {MAX_CLASSES}"
             )
-        backbone_kwargs = args.get("backbone_kwargs") or {}
-        text_cfg = args.get("text_encoder_cfg") or {}
+        backbone_kwargs = args.get("backbone_kwargs")
+        backbone_kwargs = {} if backbone_kwargs is None else backbone_kwargs
+        text_cfg = args.get("text_encoder_cfg")
+        text_cfg = {} if text_cfg is None else text_cfg
         try:
             validate_class_inputs(names)
+            if args.get("num_classes") not in (None, len(names)):
+                raise ValueError(
+                    f"model_args.num_classes is {args['num_classes']!r} but "
+                    f"model_args.class_names has {len(names)} names"
+                )
+            if args.get("global_pool"):
+                raise ValueError(
+                    "model_args.global_pool must be empty (CPRFL does not pool), got "
+                    f"{args['global_pool']!r}"
+                )
             check_backbone_kwargs(backbone_kwargs, "model_args.backbone_kwargs")
             _check_int(args.get("in_chans", 3), "model_args.in_chans", 1, 64)
             if args.get("img_size") is not None:

@@ -145,6 +145,7 @@ def build_cprfl(variant: str, pretrained: bool = False, **kwargs: Any) -> CPRFL:
     if weights is not None:
         state = weights.load()
         check_state_dict(state, model, weights.where)
+        weights.verify_checksum()
         model.load_state_dict(state, strict=True)
     if not has_source:
         cfg = dict(model.pretrained_cfg)

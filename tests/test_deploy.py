@@ -100,7 +100,7 @@ def test_cosine_classifier(tiny_head):
         model.logit_scale.fill_(2.5)
         model.logit_bias.fill_(-0.7)
     deployed = model.deploy()
-    assert deployed.fc2 is not None
+    assert deployed.cosine_classifier
     x = images("test_vit")
     with torch.no_grad():
         model.eval()
@@ -212,16 +212,13 @@ def test_new_classes_need_a_new_deploy(tiny_head):
     assert_rel_close(new(x), reference_logits(model, x))
 
 
-def test_input_checks_and_unsupported_options(tiny_head):
+def test_input_checks_and_non_models(tiny_head):
     model = make("test_resnet", 3, tiny_head)
     deployed = model.deploy()
     with pytest.raises(ValueError, match=r"images have 1 channels but the model expects 3"):
         deployed(torch.randn(1, 1, 64, 64))
     with pytest.raises(ValueError, match=r"expected images of shape \(B, C, H, W\)"):
         deployed(torch.randn(3, 64, 64))
-    model._arch_args["vsi_residual"] = True  # stands for a head option deploy cannot do
-    with pytest.raises(ValueError, match="vsi_residual=True is not supported"):
-        model.deploy()
     with pytest.raises(TypeError, match="needs a CPRFL model"):
         DeployedCPRFL(torch.nn.Linear(2, 2))
 

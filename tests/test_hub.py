@@ -653,7 +653,7 @@ def test_label_names_must_equal_class_names(saved: Path, tmp_path: Path) -> None
     )
     with pytest.raises(ValueError, match=match):
         CPRFL.from_pretrained(folder)
-    with pytest.raises(CheckpointMismatchError, match=r"label_names \['zebra'.*disagree with"):
+    with pytest.raises(ValueError, match=match):
         timm.create_model(f"local-dir:{folder}", pretrained=True)
 
 
@@ -683,7 +683,7 @@ def _set_args(**values):
         (lambda c: c.update(architecture=7), r"config\.json: architecture 7 is not a timm model"),
         (lambda c: c.update(model_args=[1, 2]), r"model_args must be an object .*got list"),
         (lambda c: c.pop("model_args"), r"config\.json: the field 'model_args' is missing"),
-        (_set_args(nope=1), r"model_args has unknown key\(s\) \['nope'\]; expected arguments"),
+        (_set_args(nope=1), r"model_args has the unknown key 'nope' \(expected: "),
         (
             _set_args(embed_dim="32"),
             r"config\.json: model_args\.embed_dim must be a positive int, got '32'",
@@ -732,7 +732,7 @@ def test_timm_loader_checks_saved_model_args_too(saved: Path, tmp_path: Path) ->
     # used to reach ResNet.__init__ as an unexpected keyword argument
     folder = _copy(saved, tmp_path)
     _edit_config(folder, _set_args(nope=1))
-    match = rf"{re.escape(str(folder))}/config\.json: model_args has unknown key\(s\) \['nope'\]"
+    match = rf"{re.escape(str(folder))}/config\.json: model_args has the unknown key 'nope'"
     with pytest.raises(ValueError, match=match):
         timm.create_model(f"local-dir:{folder}", pretrained=True)
     # arguments given at load time are not the config's: a backbone argument still works
@@ -786,7 +786,7 @@ def test_hub_backbone_in_a_saved_config_is_refused(
 
 def test_a_hub_backbone_model_cannot_be_saved(model: CPRFL, tmp_path: Path) -> None:
     m = _make_model()
-    m._arch_args["backbone"] = "hf-hub:timm/resnet18.a1_in1k"
+    m.config = m.config.replace(backbone="hf-hub:timm/resnet18.a1_in1k")
     with pytest.raises(ValueError, match=r"the model's backbone is 'hf-hub:.*self-contained"):
         m.save_pretrained(tmp_path / "m")
     assert not (tmp_path / "m").exists()

@@ -112,7 +112,7 @@ def test_defaults_resolve_to_the_official_encoder(online, monkeypatch: pytest.Mo
     cfg = model.text_encoder_cfg
     assert cfg["model_name"] == "RN50-quickgelu" and cfg["pretrained"] == "openai"
     assert cfg["templates"] == ["a photo of a {}."] and cfg["normalize"] is False
-    assert cfg["embed_dim"] == 1024 and model.prompt_init.in_dim == 1024
+    assert cfg["text_dim"] == 1024 and model.prompt_init.in_dim == 1024
     json.dumps(model.model_args)
 
 
@@ -153,7 +153,7 @@ def test_text_config_round_trips_through_its_dict(tiny: Path) -> None:
         "templates",
         "normalize",
         "text_transform",
-        "embed_dim",
+        "text_dim",
         "open_clip_version",
     ]
     configs = [
@@ -182,7 +182,7 @@ def test_resolve_text_config_puts_keywords_over_a_saved_config(tiny: Path, tmp_p
     )
     assert (cfg.model_name, cfg.pretrained) == (TINY_NAME, str(tiny.resolve()))
     assert cfg.templates == ("{}", "a {}") and cfg.normalize and cfg.cache_dir == tmp_path
-    assert cfg.embed_dim is None  # a new request: the width is known once encoded
+    assert cfg.text_dim is None  # a new request: the width is known once encoded
     kwargs = dict.fromkeys(TEXT_KWARGS, "x") | {"dim": 32, "templates": None}
     found = pop_text_encoder_kwargs(kwargs)
     assert kwargs == {"dim": 32} and set(found) == set(TEXT_KWARGS) - {"templates"}

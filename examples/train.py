@@ -73,9 +73,10 @@ from cprfl_zoo.data import (
 from cprfl_zoo.fileio import atomic_path, atomic_write_text
 from cprfl_zoo.losses import AsymmetricLoss
 from cprfl_zoo.metrics import MultiLabelEvaluator
-from cprfl_zoo.predict import collect_logits
+from cprfl_zoo.predict import collect_logits, eval_transform
 from cprfl_zoo.synthetic import DIGIT_NAMES, make_digit_composites, write_image_list
 from cprfl_zoo.text import TextConfig, encode_class_names_info
+from cprfl_zoo.text.cache import read_class_embeddings
 
 _logger = logging.getLogger("train")
 
@@ -83,6 +84,7 @@ CHECKPOINT_NAME = "checkpoint-last.pth"
 CHECKPOINT_FORMAT = "cprfl_zoo.train/1"
 MODEL_DIR = "model"
 RANDOM_TEXT_ENCODER = "random"
+SAVED_PREFIXES = ("local-dir:", "hf-hub:")
 # Arguments that must not change when a run is resumed: they shape the model or the schedule.
 RESUME_FIXED_ARGS = (
     "model",
@@ -161,12 +163,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     model = parser.add_argument_group("model")
-    model.add_argument("--model", default="resnet101", help="timm backbone name (with tag)")
     model.add_argument(
-        "--pretrained-backbone",
+        "--model",
+        default="resnet101",
+        help="timm backbone name (with tag), or a saved CPRFL model to fine-tune "
+        "('local-dir:FOLDER', 'hf-hub:user/repo'), whose architecture and weights it takes",
+    )
+    model.add_argument(
+        "--pretrained",
+        "--pretrained-backbone",  # its 0.1.0 name
+        dest="pretrained",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="start from timm's pretrained (ImageNet) backbone weights",
+        help="start from timm's pretrained (ImageNet) backbone weights, as "
+        "create_cprfl(..., pretrained=True) (--no-pretrained: random backbone, no download)",
+    )
+    model.add_argument(
+        "--initial-checkpoint",
+        default=None,
+        metavar="SOURCE",
+        help="initialise every weight that does not depend on the classes (backbone, projection, "
+        "PI, VSI) from a saved model folder, an 'hf-hub:user/repo' id or an official CPRFL "
+        ".pth checkpoint; the architecture must match",
+    )
+    model.add_argument(
+        "--text-embeddings",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="class embeddings to use instead of a --text-encoder: the file 'cprfl-zoo embed "
+        "--output' writes (its text encoder is recorded, so set_classes works on the model), "
+        "or a safetensors file with one (num_classes, m) tensor",
     )
     model.add_argument(
         "--embed-dim",
@@ -320,11 +347,15 @@ def _check_data_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 
 def _check_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     arch = args.model.split(".", 1)[0]
-    if not timm.is_model(arch):
+    if not args.model.startswith(SAVED_PREFIXES) and not timm.is_model(arch):
         close = timm.list_models(f"*{arch[:6]}*")[:5]
         hint = f"; similar names: {', '.join(close)}" if close else ""
         parser.error(f"argument --model: {args.model!r} is not a timm model name{hint}")
-    if args.text_encoder != RANDOM_TEXT_ENCODER:
+    if args.text_embeddings is not None:
+        _require_file(parser, "--text-embeddings", args.text_embeddings)
+        if args.trainable_text_encoder:
+            parser.error("argument --text-embeddings cannot be combined with a trainable encoder")
+    elif args.text_encoder != RANDOM_TEXT_ENCODER:
         try:
             TextConfig.resolve(args.text_encoder, args.text_pretrained)
         except ValueError as e:
@@ -496,9 +527,10 @@ def image_root(args: argparse.Namespace) -> Path:
 def build_datasets(
     ctx: Context, args: argparse.Namespace, model: nn.Module, names: list[str]
 ) -> tuple[MultiLabelImageList, MultiLabelImageList]:
+    # validation sees exactly what predict / evaluate / export see: the model's data config
     tfs = [
-        create_transforms(model, recipe=args.aug, is_training=training, img_size=args.img_size)
-        for training in (True, False)
+        create_transforms(model, recipe=args.aug, is_training=True, img_size=args.img_size),
+        eval_transform(model),
     ]
     try:
         if args.dataset is not None:
@@ -589,6 +621,13 @@ def class_embeddings(
     """Compute the class embeddings on rank 0 (filling the cache once) and share them."""
     if args.trainable_text_encoder:
         return None, None  # the model loads the text tower and encodes the prompts itself
+    if args.text_embeddings is not None:
+        try:
+            emb, cfg = read_class_embeddings(args.text_embeddings, names)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"error: --text-embeddings: {e}") from None
+        _logger.info("class embeddings from %s (%s)", args.text_embeddings, cfg["model_name"])
+        return emb, cfg
     if args.text_encoder == RANDOM_TEXT_ENCODER:
         return random_class_embeddings(args, len(names))
     payload: tuple[Any, Any, str | None] = (None, None, None)
@@ -614,7 +653,7 @@ def class_embeddings(
 def model_kwargs(args: argparse.Namespace, emb: Any, cfg: Any) -> dict[str, Any]:
     """``create_cprfl`` arguments from the command line (the head sizes in this one place)."""
     kwargs: dict[str, Any] = {
-        "pretrained_backbone": args.pretrained_backbone,
+        "pretrained": args.pretrained,
         "embed_dim": args.embed_dim,
         "num_heads": args.num_heads,
         "head_dim": args.head_dim,
@@ -635,27 +674,88 @@ def model_kwargs(args: argparse.Namespace, emb: Any, cfg: Any) -> dict[str, Any]
 
 def build_model(ctx: Context, args: argparse.Namespace, names: list[str]) -> cprfl_zoo.CPRFL:
     """The CPRFL model on ``ctx.device``, its class embeddings computed (or loaded) first."""
-    kwargs = model_kwargs(args, *class_embeddings(ctx, args, names))
+    emb, text_cfg = class_embeddings(ctx, args, names)
     torch.manual_seed(args.seed)
     with local_main_first(ctx):  # the backbone weights are downloaded once per machine
-        try:
-            model = cprfl_zoo.create_cprfl(args.model, class_names=names, **kwargs)
-        except Exception as e:
-            if not (args.pretrained_backbone or args.trainable_text_encoder):
-                raise
-            raise SystemExit(
-                f"error: cannot create --model {args.model} with pretrained weights: "
-                f"{type(e).__name__}: {e}\n(offline? --no-pretrained-backbone starts from "
-                "random weights; the text tower of --trainable-text-encoder must be cached)"
-            ) from e
-    # What predict.py and the model card read: the size trained at, and the matching crop.
+        if args.model.startswith(SAVED_PREFIXES):
+            model = from_saved_model(args, names, emb, text_cfg)
+        else:
+            model = create_model(args, names, emb, text_cfg)
+        if args.initial_checkpoint is not None:
+            initialise_from(model, args.initial_checkpoint)
+    # One data config from training to deployment: what validation uses is what is saved, and
+    # what predict, evaluate, calibrate and the exported files read back.
     model.pretrained_cfg["input_size"] = (3, args.img_size, args.img_size)
-    if args.aug == "cprfl":
-        model.pretrained_cfg.update(crop_pct=1.0, interpolation="bilinear")
+    if args.aug == "cprfl":  # the paper's resize of the whole image, no crop
+        model.pretrained_cfg.update(crop_pct=1.0, crop_mode="squash", interpolation="bilinear")
     model.to(ctx.device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     return model
+
+
+def create_model(
+    args: argparse.Namespace, names: list[str], emb: Any, text_cfg: Any
+) -> cprfl_zoo.CPRFL:
+    try:
+        return cprfl_zoo.create_cprfl(
+            args.model, class_names=names, **model_kwargs(args, emb, text_cfg)
+        )
+    except Exception as e:
+        if not (args.pretrained or args.trainable_text_encoder):
+            raise
+        raise SystemExit(
+            f"error: cannot create --model {args.model} with pretrained weights: "
+            f"{type(e).__name__}: {e}\n(offline? --no-pretrained starts from "
+            "random weights; the text tower of --trainable-text-encoder must be cached)"
+        ) from e
+
+
+def from_saved_model(
+    args: argparse.Namespace, names: list[str], emb: Any, text_cfg: Any
+) -> cprfl_zoo.CPRFL:
+    """Fine-tune a saved model: its architecture and weights, this data's classes."""
+    try:
+        model = cprfl_zoo.create_cprfl(args.model, drop_rate=args.drop)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: cannot load --model {args.model}: {e}") from None
+    if list(model.class_names) != names:
+        try:
+            model.set_classes(names, emb)
+        except ValueError as e:
+            raise SystemExit(
+                f"error: --model {args.model} cannot take this data's {len(names)} classes: {e}"
+            ) from None
+        if text_cfg is not None:
+            model.text_encoder_cfg = dict(text_cfg)
+    return model
+
+
+def initialise_from(model: cprfl_zoo.CPRFL, source: str) -> None:
+    """Copy every class-independent weight of ``source`` into ``model`` (shapes must match)."""
+    try:
+        if Path(source).is_file():
+            donor = cprfl_zoo.convert_official_checkpoint(source, list(model.class_names))
+        else:
+            folder = source if source.startswith(SAVED_PREFIXES) else f"local-dir:{source}"
+            donor = cprfl_zoo.create_cprfl(folder)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: --initial-checkpoint {source}: {e}") from None
+    theirs, ours = donor.state_dict(), model.state_dict()
+    skipped = {"class_embeddings"}
+    missing = sorted(k for k in ours if k not in theirs and k not in skipped)
+    wrong = sorted(
+        f"{k} {tuple(theirs[k].shape)} vs {tuple(v.shape)}"
+        for k, v in ours.items()
+        if k in theirs and k not in skipped and theirs[k].shape != v.shape
+    )
+    if missing or wrong:
+        raise SystemExit(
+            f"error: --initial-checkpoint {source} does not fit --model {model.config.backbone}: "
+            f"missing {missing[:5]}, shapes (checkpoint vs model) {wrong[:5]}"
+        )
+    model.load_state_dict({k: theirs[k] if k not in skipped else v for k, v in ours.items()})
+    _logger.info("initialised every class-independent weight from %s", source)
 
 
 def param_groups(model: nn.Module, args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -153,7 +153,7 @@ def _install(monkeypatch: pytest.MonkeyPatch, env: _Env) -> None:
         backbone = (
             model_name.removeprefix("cprfl_") if model_name.startswith("cprfl_") else model_name
         )
-        kwargs.pop("pretrained_backbone", None)
+        kwargs.pop("pretrained", None)
         kwargs.pop("img_size", None) if _tiny_backbone(backbone) == "test_resnet" else None
         for key in TINY_HEAD:
             kwargs.pop(key, None)

@@ -21,7 +21,7 @@ import os
 import re
 import struct
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -279,3 +279,60 @@ def write_cache_entry(
             stacklevel=3,
         )
         return None
+
+
+def read_class_embeddings(
+    path: str | os.PathLike[str], class_names: Sequence[str]
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Read class embeddings for training from a file, with what produced them.
+
+    Two kinds of file are read: what ``cprfl-zoo embed --output`` writes (its key must name
+    exactly these classes, in this order; its recorded ``text_encoder_cfg`` comes back, so a
+    model trained on them can encode new class names with ``set_classes``), or any safetensors
+    file holding a single (C, m) tensor (recorded as ``custom:file:<name>``).
+
+    Args:
+        path: The safetensors file.
+        class_names: The training classes, in logit order.
+
+    Returns:
+        The (C, m) float32 embeddings and the ``text_encoder_cfg`` to save with the model.
+
+    Raises:
+        ValueError: If the file holds no single 2-D tensor, not one finite row per class, or
+            embeddings of other classes (the message names the file).
+        OSError: If it cannot be read.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        metadata, names = _header(data)
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({e})") from None
+    if metadata.get("format") == FORMAT:
+        tensor, key = load_embeddings_file(path)
+        if key.get("class_names") is not None and list(key["class_names"]) != list(class_names):
+            raise ValueError(
+                f"{path} holds the embeddings of other classes than the training list's "
+                f"({len(key['class_names'])} names vs {len(class_names)}, or another order)"
+            )
+        try:
+            provenance = json.loads(metadata.get("provenance") or "{}")
+        except json.JSONDecodeError:
+            provenance = {}
+        return tensor, {**provenance, "text_dim": int(tensor.shape[1])}
+    if len(names) != 1:
+        raise ValueError(f"{path} holds {len(names)} tensors; expected one (C, m) tensor")
+    try:
+        tensor = load(data)[names[0]]
+    except Exception as e:  # safetensors raises its own error type for torn or garbled files
+        raise ValueError(f"{path} is not a readable safetensors file ({e})") from None
+    if tensor.ndim != 2 or tensor.shape[0] != len(class_names) or not tensor.is_floating_point():
+        raise ValueError(
+            f"{path} holds a {tensor.dtype} tensor of shape {tuple(tensor.shape)}; expected "
+            f"({len(class_names)}, m) floats, one row per class"
+        )
+    tensor = tensor.float()
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{path} holds NaN or infinite values")
+    return tensor, {"model_name": f"custom:file:{path.name}", "text_dim": int(tensor.shape[1])}

@@ -28,7 +28,7 @@ model = CPRFL(
     num_heads=2,
     head_dim=4,
     mlp_hidden_dim=8,
-    pretrained=False,
+    pretrained_backbone=False,
     backbone_kwargs={"channels": (8, 8, 8, 16), "stem_width": 8},
 ).eval()
 model.save_pretrained(out)

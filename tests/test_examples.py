@@ -18,6 +18,7 @@ from pathlib import Path
 from types import ModuleType
 
 import huggingface_hub.constants
+import numpy as np
 import open_clip
 import pytest
 import timm.data
@@ -37,7 +38,7 @@ TINY_TRAIN = [
     "--synthetic",
     "--synthetic-images", "16",
     "--model", "test_resnet",
-    "--no-pretrained-backbone",
+    "--no-pretrained",
     "--text-encoder", "random",
     "--text-dim", "16",
     "--embed-dim", "32",
@@ -611,3 +612,79 @@ def test_train_calibrates_thresholds_on_a_validation_list(train_script, trained,
     expected = calibrate_thresholds(logits, torch.stack(targets)).as_list()
     assert model.thresholds == pytest.approx(expected, abs=1e-4)
     assert "thresholds calibrated on" in (out / "log.txt").read_text()
+
+
+# ---------------------------------------------------------------------- one data config
+def _non_square_lists(root: Path) -> None:
+    """A train and a test list of 64 x 32 images whose labels sit at the left and right edges.
+
+    A centre crop would cut the edges off; only the paper's squash resize sees them.
+    """
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 24), ("test", 16)):
+        lines = []
+        for i in range(n):
+            labels = [c for c in range(3) if rng.random() < 0.5] or [i % 3]
+            pixels = rng.integers(0, 40, size=(32, 64, 3), dtype=np.uint8)
+            for c in labels:
+                x0 = (0, 56, 28)[c]
+                pixels[:, x0 : x0 + 8, c] = 255
+            Image.fromarray(pixels).save(root / f"{split}{i}.png")
+            lines.append(f"{split}{i}.png " + " ".join(map(str, labels)))
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    (root / "classes.txt").write_text("left\nright\nmiddle\n")
+
+
+def test_evaluate_reproduces_trains_validation_on_non_square_images(train_script, tmp_path):
+    from cprfl_zoo.cli import main as cli
+
+    _non_square_lists(tmp_path)
+    out = tmp_path / "out"
+    argv = [a for a in TINY_TRAIN if a != "--synthetic"]
+    argv += ["--train-list", str(tmp_path / "train.txt"), "--test-list", str(tmp_path / "test.txt")]
+    argv += ["--image-root", str(tmp_path), "--classes", str(tmp_path / "classes.txt")]
+    argv += ["--epochs", "2", "--output", str(out), "--ema", "0", "--export", "last"]
+    assert train_script.main(argv) == 0
+    trained_map = 100 * json.loads((out / "metrics.json").read_text())[-1]["model/mAP"]
+    model = CPRFL.from_pretrained(out / "model")
+    assert model.pretrained_cfg["crop_mode"] == "squash"
+    report = tmp_path / "eval.json"
+    args = ["evaluate", str(out / "model"), str(tmp_path / "test.txt")]
+    args += ["--images", str(tmp_path), "--workers", "0", "--output", str(report)]
+    assert cli(args) == 0
+    evaluated = json.loads(report.read_text())["metrics"]["mAP"]
+    assert evaluated == pytest.approx(trained_map, abs=1e-9)
+
+
+def test_train_starts_from_local_things_offline(train_script, tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    _non_square_lists(tmp_path)
+    lists = ["--train-list", str(tmp_path / "train.txt"), "--test-list", str(tmp_path / "test.txt")]
+    lists += ["--image-root", str(tmp_path), "--classes", str(tmp_path / "classes.txt")]
+    base = [a for a in TINY_TRAIN if a not in ("--synthetic", "--text-encoder", "random")]
+    first = tmp_path / "first"
+    assert (
+        train_script.main([*TINY_TRAIN[1:], *lists, "--epochs", "1", "--output", str(first)]) == 0
+    )
+    emb = tmp_path / "emb.safetensors"
+    save_file({"w": torch.randn(3, 16)}, emb)
+    second = tmp_path / "second"
+    argv = [*base, *lists, "--epochs", "1", "--output", str(second), "--text-embeddings", str(emb)]
+    argv += ["--initial-checkpoint", str(first / "model"), "--lr", "1e-12", "--ema", "0"]
+    assert train_script.main(argv) == 0
+    assert "initialised every class-independent weight from" in (second / "log.txt").read_text()
+    start, got = CPRFL.from_pretrained(first / "model"), CPRFL.from_pretrained(second / "model")
+    assert got.text_encoder_cfg["model_name"] == "custom:file:emb.safetensors"
+    torch.testing.assert_close(got.class_embeddings, load_file_tensor(emb))
+    w = "vsi.attn.qkv.weight"  # copied from the first run, then moved by lr 1e-12 only
+    torch.testing.assert_close(got.state_dict()[w], start.state_dict()[w], rtol=0, atol=1e-6)
+    wrong = [*base, *lists, "--epochs", "1", "--output", str(tmp_path / "x"), "--num-heads", "4"]
+    wrong += ["--text-embeddings", str(emb), "--initial-checkpoint", str(first / "model")]
+    with pytest.raises(SystemExit, match=r"does not fit --model test_resnet"):
+        train_script.main(wrong)
+
+
+def load_file_tensor(path: Path) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    return next(iter(load_file(path).values()))

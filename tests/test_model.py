@@ -16,9 +16,7 @@ NAMES = ["cat", "dog", "traffic_light", "person", "zebra"]
 def make(tiny_head: dict, backbone: str = "test_resnet", **kwargs) -> CPRFL:
     torch.manual_seed(0)
     kwargs.setdefault("text_embeddings", torch.randn(len(NAMES), 12))
-    return create_cprfl(
-        backbone, class_names=NAMES, pretrained=False, **tiny_head, **kwargs
-    )
+    return create_cprfl(backbone, class_names=NAMES, pretrained=False, **tiny_head, **kwargs)
 
 
 def test_quickstart_shapes_and_names(tiny_head):
@@ -290,9 +288,7 @@ def test_class_embeddings_are_a_persistent_float_buffer(tiny_head):
 def test_bad_class_names(names, exc, match, tiny_head):
     n = max(len(names), 1)
     with pytest.raises(exc, match=match):
-        create_cprfl(
-            "test_resnet", names, torch.randn(n, 12), pretrained=False, **tiny_head
-        )
+        create_cprfl("test_resnet", names, torch.randn(n, 12), pretrained=False, **tiny_head)
 
 
 def test_embedding_count_mismatch(tiny_head):
@@ -405,9 +401,7 @@ def test_bytes_class_names_are_not_a_sequence_of_ints(tiny_head):
     # used to be reported as "class_names[0] is int 97"
     for names in (b"abc", bytearray(b"abc")):
         with pytest.raises(TypeError, match=r"sequence of strings, got (bytes|bytearray)"):
-            create_cprfl(
-                "test_resnet", names, torch.randn(3, 12), pretrained=False, **tiny_head
-            )
+            create_cprfl("test_resnet", names, torch.randn(3, 12), pretrained=False, **tiny_head)
 
 
 @pytest.mark.parametrize(

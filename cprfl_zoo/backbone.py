@@ -35,6 +35,15 @@ _UNSUPPORTED: dict[str, str] = {
         "head concatenates, not one map of num_features-wide local tokens"
     ),
 }
+# Modules that these model classes apply after pooling, in forward_head, and that
+# pretrained_cfg["classifier"] does not name.
+_HEAD_ONLY_MODULES: dict[str, tuple[str, ...]] = {
+    "MobileNetV3": ("conv_head", "norm_head"),
+    "GhostNet": ("conv_head",),
+    "RepGhostNet": ("conv_head",),
+    "FasterNet": ("conv_head",),
+    "LCNetV2": ("conv_head",),
+}
 # Model classes that lead their token sequence with class tokens but declare neither
 # ``num_prefix_tokens`` nor a ``cls_token`` attribute.
 _PREFIX_TOKENS: dict[str, int] = {"CoaT": 1}
@@ -157,21 +166,28 @@ def _raise_unsupported(name: str, module: str, reason: str) -> None:
 
 
 def _freeze_head_only_modules(model: nn.Module) -> None:
-    """Freeze what only ``forward_head`` uses (e.g. ConvNeXt's and MambaOut's head norm).
+    """Freeze what only ``forward_head`` uses (e.g. ConvNeXt's head norm, MobileNetV3's conv_head).
 
     timm names the classifier in ``pretrained_cfg["classifier"]``; when it lives inside a head
-    module (``"head.fc"``), the rest of that module (pre-logits norm, MLP) is not reached by
-    ``forward_features`` either. Frozen, its parameters stay in the state dict but stay out of
-    the optimiser and of DistributedDataParallel's gradient bookkeeping.
+    module (``"head.fc"``, ``"head.classifier.4"``), the rest of that top-level module
+    (pre-logits norm, MLP, conv) is not reached by ``forward_features`` either. The models in
+    ``_HEAD_ONLY_MODULES`` apply more layers after pooling. Frozen, these parameters stay in the
+    state dict but stay out of the optimiser and of DistributedDataParallel's gradient
+    bookkeeping.
     """
     classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
-    if not isinstance(classifier, str) or "." not in classifier:
-        return
-    head = model.get_submodule(classifier.rsplit(".", 1)[0])
-    names = [n for n, p in head.named_parameters() if p.requires_grad]
-    if names:
-        head.requires_grad_(False)
-        _logger.info("backbone head parameters unused by forward_features, frozen: %s", names)
+    names = [classifier] if isinstance(classifier, str) else list(classifier or ())
+    heads = {name.split(".", 1)[0] for name in names if isinstance(name, str) and "." in name}
+    heads.update(_HEAD_ONLY_MODULES.get(type(model).__name__, ()))
+    frozen = []
+    for head in sorted(heads):
+        module = getattr(model, head, None)
+        if not isinstance(module, nn.Module):
+            continue
+        frozen += [f"{head}.{n}" for n, p in module.named_parameters() if p.requires_grad]
+        module.requires_grad_(False)
+    if frozen:
+        _logger.info("backbone head parameters unused by forward_features, frozen: %s", frozen)
 
 
 def _check_contract(module: nn.Module) -> None:

@@ -3,7 +3,8 @@
 Parametrised like timm's own ``tests/test_models.py``: one case per family, built offline
 (``pretrained_backbone=False``) at a small size. Each case checks the local-token count against
 a count made by hand (prefix tokens dropped, feature maps flattened), that the loss's gradient
-reaches backbone and head, that ``save_pretrained`` + ``from_pretrained`` and ``deploy()`` give
+reaches backbone and head (and every trainable parameter, as DistributedDataParallel needs),
+that ``save_pretrained`` + ``from_pretrained`` and ``deploy()`` give
 the same logits, and, for one family of each token layout, that the ONNX export does too.
 ``docs/src/backbones.md`` lists the same families.
 """
@@ -66,20 +67,60 @@ FAMILIES = [
     Family("tiny_vit", "tiny_vit_5m_224", 4),
     Family("edgenext", "edgenext_xx_small", 4),
     Family("pvt_v2", "pvt_v2_b0", 4),
-    Family("davit", "davit_tiny", 4, kwargs={"depths": (1, 1, 1, 1), "embed_dims": (32, 64, 64, 64), "num_heads": (1, 2, 2, 2)}),
-    Family("sam vit (NCHW neck)", "samvit_base_patch16_224", 16, img_size=True, kwargs={"depth": 1}),
+    Family(
+        "davit",
+        "davit_tiny",
+        4,
+        kwargs={"depths": (1, 1, 1, 1), "embed_dims": (32, 64, 64, 64), "num_heads": (1, 2, 2, 2)},
+    ),
+    Family(
+        "sam vit (NCHW neck)", "samvit_base_patch16_224", 16, img_size=True, kwargs={"depth": 1}
+    ),
     # NHWC feature maps.
-    Family("swin (NHWC)", "swin_tiny_patch4_window7_224", 4, img_size=True, kwargs={"window_size": 4, "depths": (1, 1, 1, 1), "embed_dim": 32, "num_heads": (1, 2, 2, 2)}),
+    Family(
+        "swin (NHWC)",
+        "swin_tiny_patch4_window7_224",
+        4,
+        img_size=True,
+        kwargs={
+            "window_size": 4,
+            "depths": (1, 1, 1, 1),
+            "embed_dim": 32,
+            "num_heads": (1, 2, 2, 2),
+        },
+    ),
     Family("mambaout (NHWC)", "test_mambaout", 4, onnx=True),
     # Token sequences (B, N, C): patch 16 -> 4 x 4 = 16 local tokens at 64 px.
     Family("vit, class token", "test_vit", 16, img_size=True),
     Family("vit, no class token", "test_vit", 16, img_size=True, kwargs={"class_token": False}),
-    Family("vit, 4 registers, avg pool + fc_norm", "vit_betwixt_patch16_reg4_gap_256", 16, img_size=True, kwargs={"depth": 1}, onnx=True),
-    Family("deit distilled (class + dist tokens)", "deit_tiny_distilled_patch16_224", 16, img_size=True, kwargs={"depth": 1}, onnx=True),
+    Family(
+        "vit, 4 registers, avg pool + fc_norm",
+        "vit_betwixt_patch16_reg4_gap_256",
+        16,
+        img_size=True,
+        kwargs={"depth": 1},
+        onnx=True,
+    ),
+    Family(
+        "deit distilled (class + dist tokens)",
+        "deit_tiny_distilled_patch16_224",
+        16,
+        img_size=True,
+        kwargs={"depth": 1},
+        onnx=True,
+    ),
     Family("vit relpos", "test_vit_relpos", 16, img_size=True),
-    Family("vit hybrid (resnet stem)", "vit_tiny_r_s16_p8_224", 4, img_size=True, kwargs={"depth": 1}),
+    Family(
+        "vit hybrid (resnet stem)", "vit_tiny_r_s16_p8_224", 4, img_size=True, kwargs={"depth": 1}
+    ),
     Family("eva02", "eva02_tiny_patch14_224", 16, size=56, img_size=True, kwargs={"depth": 1}),
-    Family("beit", "beit_base_patch16_224", 16, img_size=True, kwargs={"depth": 1, "embed_dim": 64, "num_heads": 2}),
+    Family(
+        "beit",
+        "beit_base_patch16_224",
+        16,
+        img_size=True,
+        kwargs={"depth": 1, "embed_dim": 64, "num_heads": 2},
+    ),
     Family("cait", "cait_xxs24_224", 16, img_size=True, kwargs={"depth": 1, "depth_token_only": 1}),
     Family("xcit", "xcit_nano_12_p16_224", 16, img_size=True, kwargs={"depth": 1}),
     Family("convit", "convit_tiny", 16, img_size=True, kwargs={"depth": 2, "local_up_to_layer": 1}),
@@ -87,8 +128,14 @@ FAMILIES = [
     Family("gmlp (MLP-Mixer)", "gmlp_ti16_224", 16, img_size=True),
     Family("levit (flattened stride-16 tokens)", "levit_128s", 4, size=128, img_size=True),
     Family("twins", "twins_svt_small", 4, img_size=True, kwargs={"depths": (1, 1, 1, 1)}),
-    Family("hiera", "hiera_tiny_224", 4, img_size=True, kwargs={"embed_dim": 32, "num_heads": 1, "stages": (1, 1, 1, 1)}),
-]  # fmt: skip
+    Family(
+        "hiera",
+        "hiera_tiny_224",
+        4,
+        img_size=True,
+        kwargs={"embed_dim": 32, "num_heads": 1, "stages": (1, 1, 1, 1)},
+    ),
+]
 
 
 def create(case: Family) -> CPRFL:
@@ -128,6 +175,9 @@ def test_family_forward_backward_save_load_deploy(case: Family, tmp_path):
     assert _grad_norm(model.backbone) > 0
     for head in (model.visual_proj, model.prompt_init, model.vsi):
         assert _grad_norm(head) > 0
+    # DistributedDataParallel's contract: what forward_head alone uses is frozen, not left idle.
+    idle = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert idle == []
 
     model.eval()
     with torch.no_grad():

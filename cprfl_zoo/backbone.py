@@ -5,8 +5,11 @@ models return their unpooled features from ``forward_features`` in one of three 
 
 * ``NCHW`` feature maps (ResNet, EfficientNet, ConvNeXt),
 * ``NHWC`` feature maps (Swin, MambaOut; the model's ``output_fmt`` says so),
-* ``NLC`` token sequences (ViT, DeiT, EVA), which may start with ``num_prefix_tokens`` class or
-  register tokens that are not local tokens and are dropped.
+* ``NLC`` token sequences (ViT, DeiT, EVA), which may start with class, distillation or
+  register tokens (:func:`num_prefix_tokens`) that are not local tokens and are dropped.
+
+Families whose ``forward_features`` keeps no map of local tokens (PiT, CrossViT, EfficientViM)
+are refused when created, with the reason; docs/src/backbones.md lists the families tested.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ the same logits, and, for one family of each token layout, that the ONNX export 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -214,3 +215,12 @@ def test_family_onnx_export_gives_the_same_logits(case: Family, tmp_path):
 def test_family_that_cannot_work_is_refused_at_creation_saying_why(name, why):
     with pytest.raises(ValueError, match=f"backbone '{name}'.*cannot be used by CPRFL.*{why}"):
         create(Family(name, name, 0))
+
+
+def test_docs_list_every_family_tested():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "src" / "backbones.md").read_text()
+    rows = [line for line in page.splitlines() if line.startswith("| ") and "`" in line]
+    for case in FAMILIES:
+        assert any(f"`{case.model}`" in row for row in rows), case.family
+    onnx_rows = [row for row in rows if row.rstrip().endswith("✓ |")]
+    assert len(onnx_rows) == len(ONNX_FAMILIES)

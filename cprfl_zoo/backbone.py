@@ -5,8 +5,11 @@ models return their unpooled features from ``forward_features`` in one of three 
 
 * ``NCHW`` feature maps (ResNet, EfficientNet, ConvNeXt),
 * ``NHWC`` feature maps (Swin, MambaOut; the model's ``output_fmt`` says so),
-* ``NLC`` token sequences (ViT, DeiT, EVA), which may start with ``num_prefix_tokens`` class or
-  register tokens that are not local tokens and are dropped.
+* ``NLC`` token sequences (ViT, DeiT, EVA), which may start with class, distillation or
+  register tokens (:func:`num_prefix_tokens`) that are not local tokens and are dropped.
+
+Families whose ``forward_features`` keeps no map of local tokens (PiT, CrossViT, EfficientViM)
+are refused when created, with the reason; docs/src/backbones.md lists the families tested.
 """
 
 from __future__ import annotations
@@ -20,7 +23,42 @@ from torch import nn
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["backbone_tokens", "check_images", "check_tokens", "create_backbone", "feature_layout"]
+# timm model modules whose forward_features gives no map of num_features-wide local tokens.
+_UNSUPPORTED: dict[str, str] = {
+    "pit": (
+        "its forward_features returns only the class (and distillation) tokens; the local "
+        "tokens are pooled away inside the model (PiT)"
+    ),
+    "crossvit": (
+        "its forward_features returns two token branches of different widths whose class "
+        "tokens the head concatenates, not one map of num_features-wide local tokens"
+    ),
+    "efficientvim": (
+        "its forward_features returns per-stage hidden-state buffers, (B, C, N) each, that its "
+        "head concatenates, not one map of num_features-wide local tokens"
+    ),
+}
+# Modules that these model classes apply after pooling, in forward_head, and that
+# pretrained_cfg["classifier"] does not name.
+_HEAD_ONLY_MODULES: dict[str, tuple[str, ...]] = {
+    "MobileNetV3": ("conv_head", "norm_head"),
+    "GhostNet": ("conv_head",),
+    "RepGhostNet": ("conv_head",),
+    "FasterNet": ("conv_head",),
+    "LCNetV2": ("conv_head",),
+}
+# Model classes that lead their token sequence with class tokens but declare neither
+# ``num_prefix_tokens`` nor a ``cls_token`` attribute.
+_PREFIX_TOKENS: dict[str, int] = {"CoaT": 1}
+
+__all__ = [
+    "backbone_tokens",
+    "check_images",
+    "check_tokens",
+    "create_backbone",
+    "feature_layout",
+    "num_prefix_tokens",
+]
 
 
 def create_backbone(
@@ -50,6 +88,7 @@ def create_backbone(
                 f"not with a module instance ({type(backbone).__name__})"
             )
         _check_contract(backbone)
+        _check_supported(backbone, type(backbone).__name__)
         return backbone
     if not isinstance(backbone, str) or not backbone:
         raise ValueError(f"backbone must be a timm model name or an nn.Module, got {backbone!r}")
@@ -58,29 +97,100 @@ def create_backbone(
         close = timm.list_models(f"*{arch[:6]}*")[:5]
         hint = f"; similar names: {', '.join(close)}" if close else ""
         raise ValueError(f"unknown backbone {backbone!r}: not a timm model name{hint}")
-    kwargs.setdefault("global_pool", "")
-    model = timm.create_model(backbone, pretrained=pretrained, num_classes=0, **kwargs)
+    for module, reason in _UNSUPPORTED.items():
+        if timm.models.is_model_in_modules(arch, [module]):
+            _raise_unsupported(backbone, module, reason)
+    if "global_pool" in kwargs:
+        model = timm.create_model(backbone, pretrained=pretrained, num_classes=0, **kwargs)
+    else:
+        model = _create_unpooled(backbone, pretrained, kwargs)
     _check_contract(model)
+    _check_supported(model, backbone)
     _freeze_head_only_modules(model)
     return model
 
 
+def _create_unpooled(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+    """Create a timm model whose ``forward_features`` ends as with ``global_pool=""``.
+
+    The model is built with its own pooling, so that pretrained weights load as they were
+    trained (a pooled-feature norm included), then stripped of it. A model that cannot be
+    built with its default pooling under ``kwargs`` (ViT with ``class_token=False`` and
+    token pooling) is built with ``global_pool=""``.
+    """
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+    except AssertionError as default_error:
+        try:
+            model = timm.create_model(
+                name, pretrained=pretrained, num_classes=0, global_pool="", **kwargs
+            )
+        except Exception:
+            raise default_error from None
+    _remove_pooling(model)
+    return model
+
+
+def _remove_pooling(model: nn.Module) -> None:
+    """Make ``forward_features`` end as it does in a model built with ``global_pool=""``.
+
+    ``reset_classifier(0, "")`` drops attention pooling (ViT ``map`` heads); models that cannot
+    run unpooled (EfficientViT, CoaT, distilled DeiT...) keep their pooling, which
+    ``forward_features`` does not use. Models that normalise the *pooled* features (``fc_norm``,
+    ViT and EVA with ``global_pool="avg"``) get that norm moved to the end of
+    ``forward_features`` (``norm``), where a model built with ``global_pool=""`` has it: the
+    tokens are normalised, and pretrained ``fc_norm`` weights are kept rather than dropped.
+    """
+    try:
+        model.reset_classifier(0, "")
+    except (AssertionError, NotImplementedError, TypeError, ValueError) as e:
+        _logger.debug("%s keeps its pooling (%s)", type(model).__name__, e)
+    norm, fc_norm = getattr(model, "norm", None), getattr(model, "fc_norm", None)
+    if (
+        isinstance(norm, nn.Identity)
+        and isinstance(fc_norm, nn.Module)
+        and next(fc_norm.parameters(), None) is not None
+    ):
+        model.norm, model.fc_norm = fc_norm, nn.Identity()
+
+
+def _check_supported(model: nn.Module, name: str) -> None:
+    module = type(model).__module__.rsplit(".", 1)[-1]
+    if module in _UNSUPPORTED and type(model).__module__.startswith("timm."):
+        _raise_unsupported(name, module, _UNSUPPORTED[module])
+
+
+def _raise_unsupported(name: str, module: str, reason: str) -> None:
+    raise ValueError(
+        f"backbone {name!r} (timm family {module!r}) cannot be used by CPRFL: {reason}. Choose "
+        "a backbone whose forward_features keeps its local tokens; docs/src/backbones.md "
+        "lists the families tested"
+    )
+
+
 def _freeze_head_only_modules(model: nn.Module) -> None:
-    """Freeze what only ``forward_head`` uses (e.g. ConvNeXt's and MambaOut's head norm).
+    """Freeze what only ``forward_head`` uses (e.g. ConvNeXt's head norm, MobileNetV3's conv_head).
 
     timm names the classifier in ``pretrained_cfg["classifier"]``; when it lives inside a head
-    module (``"head.fc"``), the rest of that module (pre-logits norm, MLP) is not reached by
-    ``forward_features`` either. Frozen, its parameters stay in the state dict but stay out of
-    the optimiser and of DistributedDataParallel's gradient bookkeeping.
+    module (``"head.fc"``, ``"head.classifier.4"``), the rest of that top-level module
+    (pre-logits norm, MLP, conv) is not reached by ``forward_features`` either. The models in
+    ``_HEAD_ONLY_MODULES`` apply more layers after pooling. Frozen, these parameters stay in the
+    state dict but stay out of the optimiser and of DistributedDataParallel's gradient
+    bookkeeping.
     """
     classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
-    if not isinstance(classifier, str) or "." not in classifier:
-        return
-    head = model.get_submodule(classifier.rsplit(".", 1)[0])
-    names = [n for n, p in head.named_parameters() if p.requires_grad]
-    if names:
-        head.requires_grad_(False)
-        _logger.info("backbone head parameters unused by forward_features, frozen: %s", names)
+    names = [classifier] if isinstance(classifier, str) else list(classifier or ())
+    heads = {name.split(".", 1)[0] for name in names if isinstance(name, str) and "." in name}
+    heads.update(_HEAD_ONLY_MODULES.get(type(model).__name__, ()))
+    frozen = []
+    for head in sorted(heads):
+        module = getattr(model, head, None)
+        if not isinstance(module, nn.Module):
+            continue
+        frozen += [f"{head}.{n}" for n, p in module.named_parameters() if p.requires_grad]
+        module.requires_grad_(False)
+    if frozen:
+        _logger.info("backbone head parameters unused by forward_features, frozen: %s", frozen)
 
 
 def _check_contract(module: nn.Module) -> None:
@@ -114,6 +224,30 @@ def feature_layout(backbone: nn.Module) -> str:
     return "NCHW"
 
 
+def num_prefix_tokens(backbone: nn.Module) -> int:
+    """Return how many class / distillation / register tokens lead a backbone's token sequence.
+
+    timm's ``num_prefix_tokens`` when the model declares it (ViT: 1, distilled DeiT: 2, ViT with
+    4 registers: 5, ViT without class token: 0); otherwise one per ``cls_token`` and
+    ``dist_token`` the model holds (VOLO, PiT), and 1 for CoaT.
+
+    Args:
+        backbone: A timm backbone.
+
+    Returns:
+        The number of leading tokens that are not local (image-position) tokens.
+    """
+    declared = getattr(backbone, "num_prefix_tokens", None)
+    if isinstance(declared, int):
+        return declared
+    if type(backbone).__name__ in _PREFIX_TOKENS:
+        return _PREFIX_TOKENS[type(backbone).__name__]
+    return sum(
+        isinstance(getattr(backbone, name, None), torch.Tensor)
+        for name in ("cls_token", "dist_token")
+    )
+
+
 def backbone_tokens(backbone: nn.Module, features: torch.Tensor) -> torch.Tensor:
     """Turn ``forward_features`` output into local tokens of shape (B, v, d0).
 
@@ -137,7 +271,7 @@ def backbone_tokens(backbone: nn.Module, features: torch.Tensor) -> torch.Tensor
         else:
             tokens = features.flatten(2).transpose(1, 2)
     elif features.ndim == 3:
-        prefix = int(getattr(backbone, "num_prefix_tokens", 0) or 0)
+        prefix = num_prefix_tokens(backbone)
         tokens = features[:, prefix:] if prefix else features
     else:
         raise ValueError(

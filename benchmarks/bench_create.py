@@ -56,9 +56,7 @@ def _create(checkpoint: Path, cache_dir: Path | None) -> float:
             "embed_cache_dir": str(cache_dir),
         }
     start = time.perf_counter()
-    model = create_cprfl(
-        BACKBONE, class_names=list(COCO_LT_CLASSES), pretrained=False, **text_args
-    )
+    model = create_cprfl(BACKBONE, class_names=list(COCO_LT_CLASSES), pretrained=False, **text_args)
     elapsed = time.perf_counter() - start
     if model.class_embeddings.shape != (len(COCO_LT_CLASSES), 1024):
         raise RuntimeError(f"unexpected class embeddings {tuple(model.class_embeddings.shape)}")

@@ -1,7 +1,7 @@
 """Every timm backbone family, one small model each: create, forward, backward, save, load, deploy.
 
 Parametrised like timm's own ``tests/test_models.py``: one case per family, built offline
-(``pretrained_backbone=False``) at a small size. Each case checks the local-token count against
+(``pretrained=False``) at a small size. Each case checks the local-token count against
 a count made by hand (prefix tokens dropped, feature maps flattened), that the loss's gradient
 reaches backbone and head (and every trainable parameter, as DistributedDataParallel needs),
 that ``save_pretrained`` + ``from_pretrained`` and ``deploy()`` give
@@ -147,7 +147,7 @@ def create(case: Family) -> CPRFL:
         case.model,
         class_names=NAMES,
         text_embeddings=torch.randn(len(NAMES), 16),
-        pretrained_backbone=False,
+        pretrained=False,
         backbone_kwargs=dict(case.kwargs),
         **extra,
         **TINY_HEAD,

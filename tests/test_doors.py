@@ -65,9 +65,11 @@ def test_pretrained_true_loads_the_backbone_and_fails_the_same_way_offline(offli
 
 
 def test_pretrained_backbone_is_a_deprecated_alias(offline) -> None:
-    with pytest.warns(FutureWarning, match="pretrained_backbone= is deprecated"):  # noqa: PT031
-        with pytest.raises(OSError, match="backbone weights of 'resnet18'"):
-            create_cprfl("resnet18", NAMES, _embeddings(), pretrained_backbone=True, **TINY_HEAD)
+    with (
+        pytest.warns(FutureWarning, match="pretrained_backbone= is deprecated"),
+        pytest.raises(OSError, match="backbone weights of 'resnet18'"),
+    ):
+        create_cprfl("resnet18", NAMES, _embeddings(), pretrained_backbone=True, **TINY_HEAD)
 
 
 @pytest.mark.parametrize("door", ["create_cprfl", "timm"])

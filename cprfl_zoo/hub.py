@@ -98,7 +98,8 @@ def _write_folder(
             "to the (C, H, W) the model expects before saving"
         )
     check_self_contained(model_args.get("backbone"), "the model's backbone")
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    # cloned: safetensors refuses tensors that share storage (tied weights, e.g. CoaT)
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     metadata = {
         "format": "pt",
         META_CLASS_NAMES: json.dumps(list(model.class_names)),

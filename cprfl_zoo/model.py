@@ -122,6 +122,8 @@ class CPRFL(nn.Module):
         validate_head_args({"in_chans": in_chans})
         backbone_kwargs = dict(backbone_kwargs or {})
         check_backbone_kwargs(backbone_kwargs, "backbone_kwargs")
+        if img_size is None and "img_size" in backbone_kwargs:  # saved as the model's img_size
+            img_size = backbone_kwargs.pop("img_size")
         self.config = CPRFLConfig(
             backbone=backbone if isinstance(backbone, str) else None,  # type: ignore[arg-type]
             class_names=tuple(names),

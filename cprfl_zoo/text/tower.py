@@ -17,7 +17,7 @@ import copy
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -25,8 +25,15 @@ from torch import nn
 from .templates import DEFAULT_TEMPLATES, build_prompts, check_templates, combine_templates
 from .weights import hf_file_cached
 
-if TYPE_CHECKING:
-    from .encoder import TextConfig
+
+
+class TowerRequest(Protocol):
+    """What :func:`load_text_tower` reads of a :class:`~cprfl_zoo.text.TextConfig`."""
+
+    model_name: str
+    pretrained: str | None
+    templates: tuple[str, ...]
+    normalize: bool
 
 _logger = logging.getLogger(__name__)
 
@@ -406,7 +413,7 @@ class TextTower(nn.Module):
         return combine_templates(feats, len(self.templates), self.normalize)
 
 
-def load_text_tower(config: TextConfig) -> TextTower:
+def load_text_tower(config: TowerRequest) -> TextTower:
     """Load an open_clip model's weights and keep only its text tower.
 
     Args:

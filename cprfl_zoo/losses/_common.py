@@ -35,7 +35,12 @@ def _check_hyperparameters(gamma_pos: float, gamma_neg: float, clip: float, eps:
 
 def _as_per_class(values: torch.Tensor | Sequence[float], name: str) -> torch.Tensor:
     """``values`` as a detached 1-D float64 tensor on the CPU, checked to be finite."""
-    t = torch.as_tensor(values).detach()
+    if isinstance(values, torch.Tensor):
+        t = values.detach()
+    else:  # Python floats as float64, not torch's default float32
+        t = torch.as_tensor(values)
+        if t.is_floating_point():
+            t = torch.as_tensor(values, dtype=torch.float64)
     if t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"{name} must be real numbers, got dtype {t.dtype}")
     t = t.to(device="cpu", dtype=torch.float64)

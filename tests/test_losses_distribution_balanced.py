@@ -16,8 +16,21 @@ COUNTS = [400.0, 150.0, 60.0, 20.0, 8.0, 3.0]
 NUM_SAMPLES = 500
 
 
-def official_procedure(x, y, counts, num_samples, *, alpha, beta, mu, neg_scale, init_bias,
-                       gamma=2.0, balance=2.0, fix_init_bias=False):
+def official_procedure(
+    x,
+    y,
+    counts,
+    num_samples,
+    *,
+    alpha,
+    beta,
+    mu,
+    neg_scale,
+    init_bias,
+    gamma=2.0,
+    balance=2.0,
+    fix_init_bias=False,
+):
     """The official ResampleLoss forward (rebalance weights, logit_reg, focal), per label.
 
     Follows the steps of wutong16/DistributionBalancedLoss ``ResampleLoss.forward`` with
@@ -107,7 +120,16 @@ def test_one_label_by_hand(fix):
     )(x, y)
     for cls, label in ((4, 1), (0, 0)):
         want = hand_computed_label(
-            x[0, cls].item(), label, COUNTS[cls], inv_sum, NUM_SAMPLES, 0.1, 10.0, 0.3, 5.0, 0.05,
+            x[0, cls].item(),
+            label,
+            COUNTS[cls],
+            inv_sum,
+            NUM_SAMPLES,
+            0.1,
+            10.0,
+            0.3,
+            5.0,
+            0.05,
             fix,
         )
         assert loss[0, cls].item() == pytest.approx(want, rel=1e-6)  # float32 class statistics
@@ -126,14 +148,25 @@ def test_bias_fix_multiplies_the_bias_by_neg_scale():
 
 def test_presets_are_the_official_configs():
     assert DB_LOSS_PRESETS["coco-lt"] == {
-        "alpha": 0.1, "beta": 10.0, "mu": 0.2, "neg_scale": 2.0, "init_bias": 0.05
+        "alpha": 0.1,
+        "beta": 10.0,
+        "mu": 0.2,
+        "neg_scale": 2.0,
+        "init_bias": 0.05,
     }
     assert DB_LOSS_PRESETS["voc-lt"] == {
-        "alpha": 0.1, "beta": 10.0, "mu": 0.3, "neg_scale": 5.0, "init_bias": 0.05
+        "alpha": 0.1,
+        "beta": 10.0,
+        "mu": 0.3,
+        "neg_scale": 5.0,
+        "init_bias": 0.05,
     }
     loss_fn = DistributionBalancedLoss.from_preset("voc-lt", COUNTS, NUM_SAMPLES, mu=0.5)
     assert (loss_fn.mu, loss_fn.neg_scale, loss_fn.focal_gamma, loss_fn.balance_param) == (
-        0.5, 5.0, 2.0, 2.0
+        0.5,
+        5.0,
+        2.0,
+        2.0,
     )
     assert loss_fn.reduction == "mean" and loss_fn.fix_init_bias is False
     with pytest.raises(ValueError, match="unknown DB loss preset 'lvis'"):
@@ -258,7 +291,7 @@ def test_bad_hyperparameters(kwargs, match):
 
 def test_bad_shapes():
     loss_fn = DistributionBalancedLoss(COUNTS, NUM_SAMPLES, validate=True)
-    with pytest.raises(ValueError, match="logits have 5 classes .* built from 6 class counts"):
+    with pytest.raises(ValueError, match=r"logits have 5 classes .* built from 6 class counts"):
         loss_fn(torch.zeros(2, 5), torch.zeros(2, 5))
     with pytest.raises(ValueError, match="targets shape"):
         loss_fn(torch.zeros(2, 6), torch.zeros(2, 5))

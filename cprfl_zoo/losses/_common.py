@@ -45,8 +45,9 @@ def _as_per_class(values: torch.Tensor | Sequence[float], name: str) -> torch.Te
         raise TypeError(f"{name} must be real numbers, got dtype {t.dtype}")
     t = t.to(device="cpu", dtype=torch.float64)
     if t.ndim != 1 or t.numel() == 0:
-        raise ValueError(f"{name} must be a 1-D sequence with one value per class, got shape "
-                         f"{tuple(t.shape)}")
+        raise ValueError(
+            f"{name} must be a 1-D sequence with one value per class, got shape {tuple(t.shape)}"
+        )
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} must be finite, got {t.tolist()[:10]}")
     return t
@@ -59,9 +60,7 @@ def _class_list(mask: torch.Tensor, limit: int = 10) -> str:
     return f"{idx[:limit]}{more}"
 
 
-def _reduce(
-    per_label: torch.Tensor, reduction: str, known: torch.Tensor | None
-) -> torch.Tensor:
+def _reduce(per_label: torch.Tensor, reduction: str, known: torch.Tensor | None) -> torch.Tensor:
     """Reduce a per-label loss that is already 0 at unknown labels.
 
     ``"mean"`` divides by the number of known labels (all of them when ``known`` is None; the

@@ -1,5 +1,6 @@
-r"""Distribution-Balanced loss (Wu et al., *Distribution-Balanced Loss for Multi-Label
-Classification in Long-Tailed Datasets*, ECCV 2020).
+r"""Distribution-Balanced loss (Wu et al., ECCV 2020) for long-tailed multi-label training.
+
+The paper: *Distribution-Balanced Loss for Multi-Label Classification in Long-Tailed Datasets*.
 
 :class:`DistributionBalancedLoss` computes the formula of the official ``ResampleLoss``
 (wutong16/DistributionBalancedLoss, ``mllt/models/losses/resample_loss.py``) with
@@ -18,11 +19,11 @@ For sample :math:`k`, class :math:`i` with logit :math:`z`, label :math:`y`, cla
   :math:`b_i = -\kappa\log(N/n_i - 1)`, i.e. κ times the log-odds of the prior, is added to the
   logit; negatives are then scaled by λ: :math:`z' = z + b_i` for positives and
   :math:`z' = \lambda(z + b_i)` for negatives, with the negative's weight divided by λ.
-  The official code divides the bias by λ as well (:math:`b_i = -\kappa\log(N/n_i - 1)/\lambda`);
-  the authors confirmed in their issue #8 that this ``/ neg_scale`` is a bug that makes κ
-  effectively λ times smaller. ``fix_init_bias=False`` (default) keeps the official behaviour
-  (the published numbers were obtained with it); ``fix_init_bias=True`` uses the paper's
-  equation.
+  The official code divides the bias by λ as well
+  (:math:`b_i = -\kappa\log(N/n_i - 1)/\lambda`); the authors confirmed in their issue #8
+  that this ``/ neg_scale`` is a bug that makes κ effectively λ times smaller.
+  ``fix_init_bias=False`` (default) keeps the official behaviour (the published numbers were
+  obtained with it); ``fix_init_bias=True`` uses the paper's equation.
 * **Focal term.** With :math:`\mathrm{bce} = \mathrm{BCE}(z', y)` and
   :math:`p_t = e^{-\mathrm{bce}}`, the label's loss is
   :math:`\mathrm{balance} \cdot (1 - p_t)^{\gamma}\cdot w \cdot \mathrm{bce}`, where :math:`w`

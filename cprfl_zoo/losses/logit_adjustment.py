@@ -1,14 +1,14 @@
-"""Logit adjustment (Menon et al., *Long-tail learning via logit adjustment*, ICLR 2021).
+r"""Logit adjustment (Menon et al., *Long-tail learning via logit adjustment*, ICLR 2021).
 
 Menon et al. correct a classifier trained on long-tailed data by the log of each class's prior
-π: post hoc, predict with :math:`f_y(x) - \\tau\\log\\pi_y`; or, at training time, train on
-:math:`f_y(x) + \\tau\\log\\pi_y` and predict with :math:`f_y(x)`. Both target the balanced
-error, for which the Bayes-optimal score is :math:`\\log P(y\\mid x) - \\log P(y)`.
+π: post hoc, predict with :math:`f_y(x) - \tau\log\pi_y`; or, at training time, train on
+:math:`f_y(x) + \tau\log\pi_y` and predict with :math:`f_y(x)`. Both target the balanced
+error, for which the Bayes-optimal score is :math:`\log P(y\mid x) - \log P(y)`.
 
 For multi-label (sigmoid) outputs every class is its own binary problem, with prior π (the
 class's positive rate in the training list) for "present" and 1 - π for "absent". Writing the
 sigmoid logit as the difference of a two-class softmax's logits ``(f, 0)`` and adjusting each
-by τ·log of its prior gives :math:`f - \\tau\\log\\frac{\\pi}{1-\\pi}`: the offset of a
+by τ·log of its prior gives :math:`f - \tau\log\frac{\pi}{1-\pi}`: the offset of a
 multi-label class is τ times the *log-odds* of its prior, not τ·log π. (τ·log π alone would shift
 every class down by a further τ·log(1 - π), which is not the balanced-error correction of the
 binary problem; for rare classes the two are close.) ``multi_label=False`` gives the paper's
@@ -333,6 +333,5 @@ class LogitAdjustedLoss(nn.Module):
     def extra_repr(self) -> str:
         """Summarise the adjustment."""
         return (
-            f"num_classes={self.offset.shape[0]}, tau={self.tau:g}, "
-            f"multi_label={self.multi_label}"
+            f"num_classes={self.offset.shape[0]}, tau={self.tau:g}, multi_label={self.multi_label}"
         )

@@ -144,8 +144,10 @@ def _two_way_loss(
 
 
 class TwoWayLoss(nn.Module):
-    r"""Two-way multi-label loss (Kobayashi, CVPR 2023): sample-wise plus class-wise softplus
-    of the smooth gap between the hardest negative and the hardest positive logit.
+    r"""Two-way multi-label loss (Kobayashi, CVPR 2023).
+
+    A sample-wise plus a class-wise softplus of the smooth gap between the hardest negative and
+    the hardest positive logit.
 
     For each sample with positives :math:`P` and negatives :math:`N` (and likewise for each
     class over the batch):
@@ -207,9 +209,7 @@ class TwoWayLoss(nn.Module):
             TypeError: If an input has the wrong type or dtype.
             ValueError: If shapes disagree or the logits are not 2-D.
         """
-        return _two_way_loss(
-            logits, targets, self.tp, self.tn, self.reduction, mask, self.validate
-        )
+        return _two_way_loss(logits, targets, self.tp, self.tn, self.reduction, mask, self.validate)
 
     def extra_repr(self) -> str:
         """Summarise the hyperparameters."""

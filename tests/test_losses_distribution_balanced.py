@@ -297,3 +297,11 @@ def test_bad_shapes():
         loss_fn(torch.zeros(2, 6), torch.zeros(2, 5))
     with pytest.raises(ValueError, match=r"got values in \[2, 2\]"):
         loss_fn(torch.zeros(2, 6), torch.full((2, 6), 2.0))
+
+
+def test_target_dtypes_give_the_same_loss():
+    x, y = make_batch()
+    loss_fn = DistributionBalancedLoss(COUNTS, NUM_SAMPLES)
+    want = loss_fn(x, y)
+    for targets in (y.bool(), y.long(), y.to(torch.uint8), y.half()):
+        torch.testing.assert_close(loss_fn(x, targets), want, rtol=0, atol=0)

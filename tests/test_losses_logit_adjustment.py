@@ -201,3 +201,14 @@ def test_bad_inputs():
         LogitAdjustment.from_counts([3, 11], 10)
     with pytest.raises(TypeError, match="priors must be real numbers"):
         LogitAdjustment(torch.tensor([True, False]))
+
+
+def test_module_exports_with_a_dynamic_batch():
+    # predict / deploy / export carry the module: torch.export keeps the offset as a constant
+    adjust = LogitAdjustment(PRIORS, tau=0.5)
+    x = torch.randn(4, 5)
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(adjust, (x,), dynamic_shapes={"logits": {0: batch}})
+    for rows in (4, 9):
+        x = torch.randn(rows, 5)
+        torch.testing.assert_close(program.module()(x), adjust(x), rtol=0, atol=0)

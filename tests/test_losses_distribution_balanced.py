@@ -305,3 +305,12 @@ def test_target_dtypes_give_the_same_loss():
     want = loss_fn(x, y)
     for targets in (y.bool(), y.long(), y.to(torch.uint8), y.half()):
         torch.testing.assert_close(loss_fn(x, targets), want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum", "batchmean"])
+def test_empty_batch_gives_zero(reduction):
+    x = torch.randn(0, 6, requires_grad=True)
+    loss = DistributionBalancedLoss(COUNTS, NUM_SAMPLES, reduction=reduction)(x, torch.zeros(0, 6))
+    loss.sum().backward()
+    assert x.grad.shape == (0, 6)
+    assert loss.shape == ((0, 6) if reduction == "none" else ()) and loss.sum().item() == 0.0

@@ -212,3 +212,11 @@ def test_module_exports_with_a_dynamic_batch():
     for rows in (4, 9):
         x = torch.randn(rows, 5)
         torch.testing.assert_close(program.module()(x), adjust(x), rtol=0, atol=0)
+
+
+def test_empty_batch_gives_zero():
+    x = torch.randn(0, 5, requires_grad=True)
+    loss = LogitAdjustedLoss(PRIORS)(x, torch.zeros(0, 5))
+    (grad,) = torch.autograd.grad(loss, x)
+    assert loss.item() == 0.0 and grad.shape == (0, 5)
+    assert LogitAdjustment(PRIORS)(torch.zeros(0, 5)).shape == (0, 5)

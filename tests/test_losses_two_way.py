@@ -145,3 +145,12 @@ def test_bad_input():
     with pytest.raises(ValueError, match=r"got values in \[0, 3\]"):
         TwoWayLoss(validate=True)(torch.zeros(2, 3), torch.tensor([[0.0, 3.0, 1.0]] * 2))
     assert repr(TwoWayLoss()) == "TwoWayLoss(tp=4, tn=1, reduction='mean')"
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (4, 0), (0, 0)])
+def test_empty_batch_gives_zero(shape):
+    x = torch.randn(shape, requires_grad=True)
+    for reduction in ("mean", "sum"):
+        loss = TwoWayLoss(reduction=reduction)(x, torch.zeros(shape))
+        (grad,) = torch.autograd.grad(loss, x)
+        assert loss.item() == 0.0 and grad.shape == shape

@@ -56,6 +56,8 @@ def _masked_logsumexp(
     as -inf would give NaN gradients.
     """
     any_kept = keep.any(dim=dim)
+    if values.shape[dim] == 0:  # an empty batch, or no classes: nothing to reduce
+        return values.sum(dim=dim), any_kept
     masked = values.masked_fill(~keep, float("-inf"))
     top = masked.amax(dim=dim, keepdim=True).detach()
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))

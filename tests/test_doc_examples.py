@@ -10,7 +10,8 @@ the ``model`` of earlier ones, as a reader would). The stand-ins are explicit an
   itself resolve to one saved tiny model; ``push_to_hub`` records the call;
 * ``encode_class_names`` (and the encoding behind ``set_classes``) returns random embeddings of
   the open_clip model's width;
-* the namespace holds the data the prose assumes (``images``, ``logits``, ``targets``, ...).
+* the namespace holds the data the prose assumes (``images``, ``logits``, ``targets``,
+  ``train_set``, ...).
 
 A block that cannot run offline is listed in :data:`EXEMPT` with the reason (keyed by its file
 and first line, so an edited block is checked again). A new block runs, and fails the test
@@ -222,6 +223,11 @@ def _namespace(model: CPRFL) -> dict[str, Any]:
     targets = (torch.rand(n, c, generator=g) < 0.3).float()
     targets[0] = 1
     logits = torch.randn(n, c, generator=g) + 2 * targets
+    # `train_set`: a long-tailed training list's (40, C) targets, what class_counts and the
+    # samplers read; every class has a positive and a negative image.
+    g_train = torch.Generator().manual_seed(1)
+    train = (torch.rand(40, c, generator=g_train) < torch.linspace(0.6, 0.05, c)).float()
+    train[0], train[1] = 1.0, 0.0
     return {
         "torch": torch,
         "timm": timm,
@@ -237,6 +243,7 @@ def _namespace(model: CPRFL) -> dict[str, Any]:
         "rank_logits": [logits[:3], logits[3:]],
         "rank_targets": [targets[:3], targets[3:]],
         "test_set": list(range(n)),
+        "train_set": train,
         "MiniLMTextEncoder": lambda template: lambda ns: _random_embeddings(list(ns), 384),
     }
 

@@ -2,22 +2,40 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import cprfl_zoo.losses
-from cprfl_zoo.losses import asymmetric, single_label
+from cprfl_zoo.losses import (
+    asymmetric,
+    distribution_balanced,
+    logit_adjustment,
+    single_label,
+    two_way,
+)
 
 
 def test_every_name_is_importable_from_the_package():
     assert cprfl_zoo.losses.__all__ == [
+        "DB_LOSS_PRESETS",
         "UNKNOWN_TARGET",
         "ASLSingleLabel",
         "AsymmetricLoss",
+        "DistributionBalancedLoss",
+        "LogitAdjustedLoss",
+        "LogitAdjustment",
+        "TwoWayLoss",
+        "adjust_logits",
         "asymmetric_loss",
+        "logit_adjustment_offset",
+        "two_way_loss",
     ]
-    for module in (asymmetric, single_label):
+    modules = (asymmetric, single_label, logit_adjustment, distribution_balanced, two_way)
+    assert sorted(n for m in modules for n in m.__all__) == sorted(cprfl_zoo.losses.__all__)
+    for module in modules:
         for name in module.__all__:
             assert getattr(cprfl_zoo.losses, name) is getattr(module, name)
     assert cprfl_zoo.losses.Reduction is asymmetric.Reduction
@@ -42,3 +60,18 @@ def test_import_does_not_load_open_clip():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_loss_modules_import_only_torch_and_the_standard_library():
+    # The package's own imports (cprfl_zoo/__init__) are another matter; the loss modules must
+    # not pull in timm, open_clip or anything else, so that they stay usable on their own.
+    allowed = {"torch", "math", "collections", "typing", "__future__"}
+    for path in Path(asymmetric.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                roots = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                roots = {node.module.split(".")[0]}
+            else:
+                continue
+            assert roots <= allowed, f"{path.name} imports {roots - allowed}"

@@ -12,6 +12,11 @@ Every name is importable from ``cprfl_zoo.data``; the package holds one module p
   names, where the list files and the images come from.
 * :mod:`cprfl_zoo.data.transforms`: :func:`create_transforms`, timm's preprocessing for a model,
   or the CPRFL paper's recipe (448 px, Cutout, RandAugment).
+* :mod:`cprfl_zoo.data.label_stats`: :func:`class_counts`, :func:`class_priors` and
+  :func:`multi_hot_targets`: per-class statistics read from a training list's labels.
+* :mod:`cprfl_zoo.data.samplers`: :class:`ClassAwareSampler` (the DB loss paper's) and
+  :class:`RepeatFactorSampler` (LVIS), both deterministic per epoch and sharded across
+  ``torchrun`` processes, and :func:`image_repeat_factors`.
 """
 
 from .image_list import (
@@ -23,6 +28,7 @@ from .image_list import (
     read_label_file,
     read_text_lines,
 )
+from .label_stats import class_counts, class_priors, multi_hot_targets
 from .lt_splits import (
     LT_BENCHMARKS,
     LT_SPLITS_BASE_URL,
@@ -32,21 +38,28 @@ from .lt_splits import (
     get_lt_benchmark,
     lt_split_path,
 )
+from .samplers import ClassAwareSampler, RepeatFactorSampler, image_repeat_factors
 from .transforms import RandomCutout, create_transforms
 
 __all__ = [
     "LT_BENCHMARKS",
     "LT_SPLITS_BASE_URL",
+    "ClassAwareSampler",
     "ImageListEntries",
     "LTBenchmark",
     "MultiLabelImageList",
     "RandomCutout",
+    "RepeatFactorSampler",
+    "class_counts",
+    "class_priors",
     "create_lt_dataset",
     "create_transforms",
     "default_cache_dir",
     "download_lt_split",
     "get_lt_benchmark",
+    "image_repeat_factors",
     "lt_split_path",
+    "multi_hot_targets",
     "read_class_names",
     "read_image_list",
     "read_label_file",

@@ -1,4 +1,4 @@
-"""Asymmetric loss (ASL, Ridnik et al., ICCV 2021) for multi-label and single-label training.
+"""Multi-label losses: asymmetric loss (ASL) and the long-tail toolkit.
 
 :class:`AsymmetricLoss` is a drop-in replacement for the ``AsymmetricLoss`` of the reference
 repository (Alibaba-MIIL/ASL, also copied into the CPRFL code) with the same signature, defaults
@@ -16,12 +16,40 @@ Every name is importable from ``cprfl_zoo.losses``; the package holds one module
   functional form :func:`asymmetric_loss`, the fused autograd function behind both, their input
   checks, and :data:`UNKNOWN_TARGET`.
 * :mod:`cprfl_zoo.losses.single_label`: :class:`ASLSingleLabel` and its input checks.
+* :mod:`cprfl_zoo.losses.logit_adjustment`: logit adjustment (Menon et al., ICLR 2021): the
+  post-hoc :func:`adjust_logits` and :class:`LogitAdjustment` module, the per-class
+  :func:`logit_adjustment_offset`, and the training-time :class:`LogitAdjustedLoss`.
+* :mod:`cprfl_zoo.losses.distribution_balanced`: :class:`DistributionBalancedLoss` (Wu et al.,
+  ECCV 2020) and its official presets :data:`DB_LOSS_PRESETS`.
+* :mod:`cprfl_zoo.losses.two_way`: :class:`TwoWayLoss` and :func:`two_way_loss` (Kobayashi,
+  CVPR 2023).
 
 This package imports only PyTorch, so it can be used without building a CPRFL model.
 """
 
 from .asymmetric import UNKNOWN_TARGET, AsymmetricLoss, asymmetric_loss
 from .asymmetric import Reduction as Reduction  # the reduction type, importable here before too
+from .distribution_balanced import DB_LOSS_PRESETS, DistributionBalancedLoss
+from .logit_adjustment import (
+    LogitAdjustedLoss,
+    LogitAdjustment,
+    adjust_logits,
+    logit_adjustment_offset,
+)
 from .single_label import ASLSingleLabel
+from .two_way import TwoWayLoss, two_way_loss
 
-__all__ = ["UNKNOWN_TARGET", "ASLSingleLabel", "AsymmetricLoss", "asymmetric_loss"]
+__all__ = [
+    "DB_LOSS_PRESETS",
+    "UNKNOWN_TARGET",
+    "ASLSingleLabel",
+    "AsymmetricLoss",
+    "DistributionBalancedLoss",
+    "LogitAdjustedLoss",
+    "LogitAdjustment",
+    "TwoWayLoss",
+    "adjust_logits",
+    "asymmetric_loss",
+    "logit_adjustment_offset",
+    "two_way_loss",
+]

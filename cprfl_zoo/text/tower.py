@@ -26,7 +26,6 @@ from .templates import DEFAULT_TEMPLATES, build_prompts, check_templates, combin
 from .weights import hf_file_cached
 
 
-
 class TowerRequest(Protocol):
     """What :func:`load_text_tower` reads of a :class:`~cprfl_zoo.text.TextConfig`."""
 
@@ -34,6 +33,7 @@ class TowerRequest(Protocol):
     pretrained: str | None
     templates: tuple[str, ...]
     normalize: bool
+
 
 _logger = logging.getLogger(__name__)
 

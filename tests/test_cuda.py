@@ -83,3 +83,16 @@ def test_cuda_ten_thousand_classes_train_step():
     peak_gib = torch.cuda.max_memory_allocated() / 2**30
     print(f"10,000 classes, batch 4, d=2048: peak {peak_gib:.2f} GiB")
     assert peak_gib < 40
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_cuda_deploy_matches_the_model_in_every_dtype(dtype):
+    model = _model(drop_rate=0.0).eval().to(dtype)
+    x = torch.randn(2, 3, 96, 96, device="cuda", dtype=dtype)
+    with torch.no_grad():
+        deployed = model.deploy()
+        assert all(t.device.type == "cuda" for t in deployed.state_dict().values())
+        got, expected = deployed(x), model(x)
+    tol = {torch.float32: 1e-4, torch.float64: 1e-10}.get(dtype, 5e-2)
+    torch.testing.assert_close(got.double(), expected.double(), rtol=tol, atol=tol)
+    assert deployed.thresholds.dtype == torch.float32

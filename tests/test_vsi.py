@@ -146,3 +146,52 @@ def test_vsi_dropout_only_in_training():
     torch.testing.assert_close(vsi(tokens, prompts), vsi(tokens, prompts))
     vsi.train()
     assert not torch.allclose(vsi(tokens, prompts), vsi(tokens, prompts))
+
+
+def test_attention_dropout_only_in_training():
+    """attn_drop_rate acts on the attention weights in training only (both attention paths)."""
+    torch.manual_seed(0)
+    vsi = VSI(dim=16, num_heads=2, head_dim=4, mlp_hidden_dim=8, drop_rate=0.0, attn_drop_rate=0.5)
+    tokens, prompts = torch.randn(2, 9, 16), torch.randn(4, 16)
+    for fused in (True, False):
+        vsi.attn.fused_attn = fused
+        vsi.eval()
+        reference = vsi(tokens, prompts)
+        vsi.attn.attn_drop = 0.0
+        torch.testing.assert_close(vsi(tokens, prompts), reference, rtol=0, atol=0)
+        vsi.attn.attn_drop = 0.5
+        vsi.train()
+        assert not torch.allclose(vsi(tokens, prompts), reference)
+
+
+@pytest.mark.parametrize(("num_heads", "head_dim"), [(1, 8), (2, 4), (4, 16), (3, 300)])
+def test_explicit_attention_path_equals_fused_at_every_head_shape(num_heads, head_dim):
+    """The matmul-softmax path runs on CUDA for wide heads; here it is forced on the CPU."""
+    torch.manual_seed(num_heads)
+    vsi = VSI(dim=24, num_heads=num_heads, head_dim=head_dim, mlp_hidden_dim=16, drop_rate=0.0)
+    tokens, prompts = torch.randn(2, 7, 24, dtype=torch.float64), torch.randn(5, 24).double()
+    vsi = vsi.double()
+    outs = []
+    for fused in (True, False):
+        vsi.attn.fused_attn = fused
+        outs.append(vsi(tokens, prompts))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-12, atol=1e-12)
+
+
+def test_deploy_stays_finite_where_attention_logits_are_huge():
+    """The deployed split softmax must shift by its running max (the log-sum-exp guard)."""
+    from cprfl_zoo import create_cprfl
+
+    torch.manual_seed(0)
+    names = ["a", "b", "c"]
+    model = create_cprfl(
+        "test_resnet", names, torch.randn(3, 8), embed_dim=16, num_heads=2, head_dim=4,
+        mlp_hidden_dim=8,
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        model.vsi.attn.qkv.weight.mul_(300.0)  # scores of order 1e4: exp overflows without a shift
+        x = torch.rand(2, 3, 32, 32)
+        expected = model(x)
+        got = model.deploy()(x)
+    assert torch.isfinite(expected).all() and torch.isfinite(got).all()
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-3)

@@ -42,6 +42,7 @@ __all__ = [
     "check_data_config",
     "closest",
     "split_create_kwargs",
+    "upgrade_text_encoder_cfg",
 ]
 
 MAX_CLASSES = 1_000_000

@@ -27,7 +27,8 @@ from .cache import (
     write_cache_entry,
 )
 from .encoder import DEFAULT_MODEL_NAME, TextConfig, TextEncoderFn, resolve_text_config
-from .templates import combine_templates
+from .sentence import encode_sentences, sentence_folder
+from .templates import build_prompts, combine_templates
 from .tower import load_text_tower
 from .weights import is_offline
 
@@ -127,6 +128,10 @@ def _encode_with_tower(
 ) -> torch.Tensor:
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if config.is_sentence_encoder:
+        prompts = build_prompts(names, config.templates)
+        feats = encode_sentences(sentence_folder(config.model_name), prompts, batch_size, device)
+        return combine_templates(feats, len(config.templates), config.normalize).contiguous()
     tower = load_text_tower(config).to(device)
     tokens = tower.tokenize(names)
     feats = torch.empty(len(tokens), tower.text_dim, dtype=torch.float32)
@@ -405,7 +410,7 @@ def prepare_text_inputs(
 
 
 def _trainable_inputs(config: TextConfig, names: list[str]) -> dict[str, Any]:
-    if config.is_custom:
+    if config.is_custom or config.is_sentence_encoder:
         raise ValueError(
             "trainable_text_encoder=True needs an open_clip text tower; a callable text_encoder "
             "can only give frozen embeddings"

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .sentence import SENTENCE_PREFIX, sentence_folder, sentence_folder_sha256
 from .templates import DEFAULT_TEMPLATES, TEXT_TRANSFORM, check_templates
 from .tower import (
     hub_weights_cached,
@@ -57,7 +58,7 @@ TEXT_KWARGS = (
 )
 CUSTOM_PREFIX = "custom:"
 _KEY_VERSION = 1
-_SCHEMAS = ("hf-hub:", "local-dir:")
+_SCHEMAS = ("hf-hub:", "local-dir:", SENTENCE_PREFIX)
 # Keys written beside the fields (derived, or the trainable tower's); never read back.
 _RECORDED_KEYS = frozenset(
     {"weights", "text_transform", "open_clip_version", "trainable", "text_tower"}
@@ -191,6 +192,11 @@ class TextConfig:
         return self.model_name.startswith(CUSTOM_PREFIX)
 
     @property
+    def is_sentence_encoder(self) -> bool:
+        """Whether the encoder is a local sentence-transformers folder."""
+        return self.model_name.startswith(SENTENCE_PREFIX)
+
+    @property
     def pretrained_is_file(self) -> bool:
         """Whether the weights come from a local checkpoint file."""
         return self.pretrained is not None and os.path.isabs(self.pretrained)
@@ -200,8 +206,12 @@ class TextConfig:
 
         Returns:
             ``"tag:openai"``, ``"hf-hub:org/repo"``, ``"sha256:<hex>"`` (checkpoint file) or
-            ``"local-dir-sha256:<hex>"`` (config and weight files of a ``local-dir:`` folder).
+            ``"local-dir-sha256:<hex>"`` (config and weight files of a ``local-dir:`` folder),
+            ``"sentence-transformers-sha256:<hex>"`` (every file of the folder).
         """
+        if self.is_sentence_encoder:
+            folder = sentence_folder(self.model_name)
+            return f"sentence-transformers-sha256:{sentence_folder_sha256(folder)}"
         if self.model_name.startswith("hf-hub:"):
             return self.model_name
         if self.model_name.startswith("local-dir:"):
@@ -217,7 +227,8 @@ class TextConfig:
             ``True`` for local files and folders, and for hub weights already in the local
             Hugging Face cache (or open_clip's download folder).
         """
-        if self.model_name.startswith("local-dir:") or self.pretrained_is_file:
+        local = self.model_name.startswith(("local-dir:", SENTENCE_PREFIX))
+        if local or self.pretrained_is_file:
             return True
         return hub_weights_cached(self.model_name, self.pretrained)
 
@@ -297,6 +308,8 @@ def _resolve_weights(
         if model_name.startswith("local-dir:"):
             folder = Path(model_name[len("local-dir:") :]).expanduser().resolve()
             model_name = f"local-dir:{folder}"
+        if model_name.startswith(SENTENCE_PREFIX):
+            model_name = f"{SENTENCE_PREFIX}{sentence_folder(model_name)}"
         return model_name, None
 
     model_name = model_name.replace("/", "-")

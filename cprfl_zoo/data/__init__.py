@@ -10,6 +10,9 @@ Every name is importable from ``cprfl_zoo.data``; the package holds one module p
 * :mod:`cprfl_zoo.data.lt_splits`: :func:`download_lt_split`, :func:`lt_split_path`,
   :data:`LT_BENCHMARKS`: the COCO-LT and VOC-LT splits of Wu et al. (ECCV 2020), their class
   names, where the list files and the images come from.
+* :mod:`cprfl_zoo.data.images`: :func:`load_image` and :func:`to_rgb`, any image Pillow reads
+  as 8-bit RGB as it is displayed (EXIF orientation, 16-bit and float pixels, transparency on
+  white, the pixel limit), used by the datasets, :mod:`cprfl_zoo.predict` and the command line.
 * :mod:`cprfl_zoo.data.transforms`: :func:`create_transforms`, timm's preprocessing for a model,
   or the CPRFL paper's recipe (448 px, Cutout, RandAugment).
 """
@@ -23,6 +26,7 @@ from .image_list import (
     read_label_file,
     read_text_lines,
 )
+from .images import ImageReadError, load_image, to_rgb
 from .lt_splits import (
     LT_BENCHMARKS,
     LT_SPLITS_BASE_URL,
@@ -38,6 +42,7 @@ __all__ = [
     "LT_BENCHMARKS",
     "LT_SPLITS_BASE_URL",
     "ImageListEntries",
+    "ImageReadError",
     "LTBenchmark",
     "MultiLabelImageList",
     "RandomCutout",
@@ -46,9 +51,11 @@ __all__ = [
     "default_cache_dir",
     "download_lt_split",
     "get_lt_benchmark",
+    "load_image",
     "lt_split_path",
     "read_class_names",
     "read_image_list",
     "read_label_file",
     "read_text_lines",
+    "to_rgb",
 ]

@@ -298,8 +298,9 @@ class MultiLabelImageList(Dataset):
 
     Each line of ``list_file`` is ``relative/path.jpg id id ...`` with 0-based class ids (see
     :func:`read_image_list`); ``dataset[i]`` is ``(transform(image), target)`` where the image
-    is decoded as displayed, as 8-bit RGB (:meth:`load_image`), and ``target`` is a ``(C,)`` float32 multi-hot tensor. Without a
-    transform the image is converted to a float tensor in [0, 1].
+    is decoded as displayed, as 8-bit RGB (:meth:`load_image`), and ``target`` is a ``(C,)``
+    float32 multi-hot tensor. Without a transform the image is converted to a float tensor in
+    [0, 1].
 
     Args:
         list_file: The image list.

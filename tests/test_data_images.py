@@ -3,6 +3,7 @@ errors that name the file; and its use by MultiLabelImageList."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -165,7 +166,7 @@ def test_more_pixels_than_the_limit_are_refused_before_decoding(tmp_path: Path, 
         raise AssertionError("the image was decoded")
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
-    with pytest.raises(ImageReadError) as info:
+    with pytest.raises(ImageReadError) as info, pytest.warns(Image.DecompressionBombWarning):
         load_image(tmp_path / "wide.png")
     message = str(info.value)
     assert f"cannot read image {tmp_path / 'wide.png'}: 12 x 12 = 144 pixels" in message
@@ -175,6 +176,10 @@ def test_more_pixels_than_the_limit_are_refused_before_decoding(tmp_path: Path, 
     # OSError); it comes back as an ImageReadError naming the file
     with pytest.raises(ImageReadError, match=r"huge\.png: .*decompression bomb.*--max-image"):
         load_image(tmp_path / "huge.png")
+    with warnings.catch_warnings():  # warnings raised as errors: the same refusal
+        warnings.simplefilter("error")
+        with pytest.raises(ImageReadError, match=r"wide\.png: .*decompression bomb.*--max-image"):
+            load_image(tmp_path / "wide.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # no limit: decoding is attempted
     with pytest.raises(ImageReadError, match="the image was decoded"):
         load_image(tmp_path / "huge.png")

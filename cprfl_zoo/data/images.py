@@ -20,7 +20,9 @@ ignores the EXIF orientation, so a phone photo is scored sideways. :func:`load_i
   with a transparent colour) is composited on :data:`BACKGROUND` (white);
 * ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, ``1``, ``L``, ``P`` go through Pillow's own conversion;
 * an image of more pixels than :data:`PIL.Image.MAX_IMAGE_PIXELS` is refused from its header,
-  before it is decoded (a small PNG can hold a huge, uniform image).
+  before it is decoded (a small PNG can hold a huge, uniform image). Pillow's own
+  ``DecompressionBombWarning`` may precede the refusal; it is left alone, since silencing it
+  would change the process-wide warning filters.
 
 Every failure is an :class:`ImageReadError` (an ``OSError``) naming the file.
 """
@@ -30,7 +32,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -88,7 +89,7 @@ def _check_pixels(size: tuple[int, int]) -> None:
 
 
 def _describe(error: BaseException) -> str:
-    if isinstance(error, Image.DecompressionBombError):
+    if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
         return f"{error}; refused before decoding; {_limit_advice()}"
     if isinstance(error, ValueError):
         return str(error)
@@ -115,15 +116,13 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     """
     name = os.fsdecode(path)
     try:
-        with warnings.catch_warnings():
-            # Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that; refused below.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                _check_pixels(image.size)
-                image.load()
-                rgb = to_rgb(image, source=name)
-                # closing the file frees the image's pixels: keep a copy of an unconverted one
-                return rgb.copy() if rgb is image else rgb
+        # Pillow warns above MAX_IMAGE_PIXELS (refused here) and raises above twice that
+        with Image.open(path) as image:
+            _check_pixels(image.size)
+            image.load()
+            rgb = to_rgb(image, source=name)
+            # closing the file frees the image's pixels: keep a copy of an unconverted one
+            return rgb.copy() if rgb is image else rgb
     except FileNotFoundError:
         raise
     except ImageReadError as e:

@@ -202,13 +202,25 @@ def test_bad_devices_are_usage_errors(command: str, device: str, message: str, c
 
 
 def test_an_unavailable_device_is_a_usage_error(capsys) -> None:
-    device = "cuda:99" if torch.cuda.is_available() else "cuda"
+    device = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
     with pytest.raises(SystemExit) as info:
         main(["predict", "m", "a.jpg", "--device", device])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert f"argument --device: device '{device}' is not available here (" in err
     assert len(err.strip().splitlines()[-1]) < 300
+
+
+def test_a_cuda_ordinal_past_the_last_gpu_is_a_usage_error(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(SystemExit) as info:
+        main(["predict", "m", "a.jpg", "--device", "cuda:2"])
+    assert info.value.code == 2
+    assert (
+        "argument --device: device 'cuda:2' is not available here (2 CUDA device(s): cuda:0 to "
+        "cuda:1)"
+    ) in capsys.readouterr().err
 
 
 def test_predict_command_pixel_limit(saved, photos, monkeypatch, capsys) -> None:

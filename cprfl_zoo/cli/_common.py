@@ -116,6 +116,13 @@ def torch_device(text: str) -> str:
         raise argparse.ArgumentTypeError(
             "'meta' tensors hold no values, so nothing can be computed there; use cpu or cuda"
         )
+    if device.type == "cuda" and torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(
+                f"device {text!r} is not available here ({count} CUDA device(s): cuda:0 to "
+                f"cuda:{count - 1})"
+            )
     try:
         torch.empty(0, device=device)
     except Exception as e:  # torch raises RuntimeError, AssertionError, ... per backend

@@ -27,6 +27,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from .data.images import ImageReadError, load_image, pixel_limit_worker_init, to_rgb
 from .thresholds import DEFAULT_THRESHOLD, validate_thresholds
 
 __all__ = [
@@ -159,31 +160,45 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _open_rgb(path: str | os.PathLike) -> Image.Image:
-    with Image.open(path) as img:
-        return img.convert("RGB")
+_ACCEPTED = (
+    "a (B, C, H, W) or (C, H, W) tensor, a PIL image, an image path (str or os.PathLike) or a "
+    "list of PIL images / paths"
+)
 
 
-def _as_batch(images: ImageInput, transform: Callable[[Image.Image], Tensor]) -> Tensor:
+def _as_batch(images: ImageInput, transform: Callable[[Image.Image], Tensor]) -> Tensor | None:
+    """The images as one preprocessed batch; ``None`` for no image at all."""
     if isinstance(images, Tensor):
         if images.ndim == 3:
             images = images.unsqueeze(0)
-        return images
+        if images.ndim != 4:
+            raise ValueError(
+                f"an image tensor must be (B, C, H, W) or (C, H, W), got shape "
+                f"{tuple(images.shape)}"
+            )
+        return images if images.shape[0] else None
+    if isinstance(images, (bytes, bytearray, memoryview)):
+        raise TypeError(
+            f"images must be {_ACCEPTED}, got {type(images).__name__}: give a path as str "
+            "(os.fsdecode(path)), or the encoded image as PIL.Image.open(io.BytesIO(data))"
+        )
     if isinstance(images, (Image.Image, str, os.PathLike)):
         images = [images]
-    if not isinstance(images, Sequence) or not images:
-        raise TypeError(
-            "images must be a (B, C, H, W) tensor, a PIL image, an image path or a non-empty "
-            f"list of PIL images / paths, got {type(images).__name__}"
-        )
+    if not isinstance(images, Sequence):
+        raise TypeError(f"images must be {_ACCEPTED}, got {type(images).__name__}")
+    if not images:
+        return None
     tensors = []
     for i, image in enumerate(images):
         if isinstance(image, (str, os.PathLike)):
-            image = _open_rgb(image)
+            image = load_image(image)
         elif isinstance(image, Image.Image):
-            image = image.convert("RGB")
+            image = to_rgb(image, source=f"images[{i}]")
         else:
-            raise TypeError(f"images[{i}] is {type(image).__name__}, not a PIL image or a path")
+            raise TypeError(
+                f"images[{i}] is {type(image).__name__}, not a PIL image or a path (str or "
+                "os.PathLike)"
+            )
         tensors.append(transform(image))
     return torch.stack(tensors)
 
@@ -200,11 +215,15 @@ def predict(
     """Predict the labels of images held in memory.
 
     The model runs in eval mode (its training mode is restored afterwards) on its own device.
+    Files and PIL images are decoded to 8-bit RGB as they are displayed
+    (:func:`cprfl_zoo.data.images.to_rgb`: EXIF orientation applied, 16-bit and float pixels
+    scaled, transparency composited on white).
 
     Args:
         model: A CPRFL model or its deploy module.
         images: A ``(B, C, H, W)`` (or ``(C, H, W)``) tensor already preprocessed, or PIL
-            images / image paths, preprocessed with ``transform``.
+            images / image paths (``str`` or ``os.PathLike``), preprocessed with ``transform``.
+            An empty batch or list gives an empty list.
         thresholds: Probability thresholds for this call: one number or one per class (default:
             the model's, 0.5 where uncalibrated).
         transform: Preprocessing of PIL images (default: :func:`eval_transform` of the model).
@@ -214,13 +233,18 @@ def predict(
         One :class:`Prediction` per image, in input order.
 
     Raises:
-        TypeError: If ``images`` is of an unsupported type.
-        ValueError: On bad ``thresholds`` or ``batch_size``.
+        TypeError: If ``images`` is of an unsupported type (``None``, ``bytes``, a NumPy
+            array, ...); the message lists what is accepted.
+        ValueError: On bad ``thresholds`` or ``batch_size``, or a tensor that is not 3-D or 4-D.
+        FileNotFoundError: If an image file does not exist.
+        ImageReadError: If an image cannot be decoded (an ``OSError`` naming the file).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     limits = resolve_thresholds(model, thresholds)
     batch = _as_batch(images, transform or eval_transform(model))
+    if batch is None:
+        return []
     device = _model_device(model)
     was_training = model.training
     if was_training:
@@ -275,8 +299,10 @@ def find_images(specs: Iterable[str | os.PathLike]) -> list[Path]:
 class ImageFiles(Dataset):
     """Image files for a ``DataLoader``; an unreadable file gives its error instead of a crash.
 
-    ``dataset[i]`` is ``(tensor, i, "")`` or, when the file cannot be read, ``(None, i, error)``;
-    :meth:`collate` drops the failures from the batch and keeps their messages.
+    Files are decoded with :func:`cprfl_zoo.data.images.load_image` (EXIF orientation, 16-bit and
+    float pixels, transparency, the pixel limit). ``dataset[i]`` is ``(tensor, i, "")`` or, when
+    the file cannot be read, ``(None, i, error)`` (``error`` says what is wrong, without the
+    path); :meth:`collate` drops the failures from the batch and keeps their messages.
 
     Args:
         paths: The image files.
@@ -284,7 +310,7 @@ class ImageFiles(Dataset):
     """
 
     def __init__(self, paths: Sequence[str | os.PathLike], transform: Callable) -> None:
-        self.paths = [str(p) for p in paths]
+        self.paths = [os.fsdecode(p) for p in paths]
         self.transform = transform
 
     def __len__(self) -> int:
@@ -292,7 +318,9 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor | None, int, str]:
         try:
-            return self.transform(_open_rgb(self.paths[index])), index, ""
+            return self.transform(load_image(self.paths[index])), index, ""
+        except ImageReadError as e:
+            return None, index, e.reason
         except Exception as e:  # any decoder or transform failure skips just this file
             return None, index, f"{type(e).__name__}: {e}"
 
@@ -318,7 +346,8 @@ class Predictor:
     Args:
         model: A CPRFL model or its deploy module; put in eval mode and moved to ``device``.
         thresholds: Default probability thresholds of this predictor (one number or one per
-            class); ``None``: the model's.
+            class); ``None``: the model's, read at each call, so that a later
+            ``model.set_thresholds`` applies.
         device: Torch device (default: the model's).
         batch_size: Images per forward pass.
         num_workers: ``DataLoader`` workers decoding files.
@@ -345,7 +374,7 @@ class Predictor:
         if device is not None:
             self.model.to(device)
         self.device = _model_device(self.model)
-        self.thresholds = resolve_thresholds(model, thresholds)
+        self._thresholds = None if thresholds is None else resolve_thresholds(model, thresholds)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.transform = transform or eval_transform(model)
@@ -356,8 +385,17 @@ class Predictor:
         """The model's class names, in logit order."""
         return list(self.model.class_names)
 
+    @property
+    def thresholds(self) -> Tensor:
+        """The ``(C,)`` thresholds a call without ``thresholds=`` applies now."""
+        return self._limits(None)
+
     def _limits(self, thresholds: float | Sequence[float] | Tensor | None) -> Tensor:
-        return self.thresholds if thresholds is None else resolve_thresholds(self.model, thresholds)
+        if thresholds is not None:
+            return resolve_thresholds(self.model, thresholds)
+        if self._thresholds is not None:
+            return self._thresholds
+        return resolve_thresholds(self.model)
 
     def __call__(
         self, images: ImageInput, thresholds: float | Sequence[float] | Tensor | None = None
@@ -398,6 +436,7 @@ class Predictor:
             num_workers=self.num_workers,
             collate_fn=ImageFiles.collate,
             pin_memory=self.device.type == "cuda",
+            worker_init_fn=pixel_limit_worker_init() if self.num_workers else None,
         )
         predictions: list[Prediction] = []
         failures: list[tuple[str, str]] = []

@@ -20,8 +20,11 @@ from ._common import (
     CommandError,
     add_model_argument,
     add_run_arguments,
+    apply_pixel_limit,
+    check_output_file,
     load_model_spec,
     progress_option,
+    worker_error_line,
 )
 
 if TYPE_CHECKING:
@@ -46,6 +49,7 @@ _BATCH_HELP = "images per batch"
 def _load_for_inference(args: argparse.Namespace) -> CPRFL:
     import torch
 
+    apply_pixel_limit(args)
     model = load_model_spec(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device)
@@ -69,7 +73,8 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
             "Predict the labels of image files with a saved CPRFL model: sigmoid probabilities "
             "at the model's per-class thresholds (0.5 where uncalibrated). Unreadable images "
             "are reported by name and skipped. Writes JSON lines (.jsonl) or CSV (.csv) with "
-            "--output, else prints one line per image."
+            "--output, else prints one line per image (a file name with a control character "
+            "or undecodable bytes is printed as a JSON string)."
         ),
     )
     add_model_argument(p)
@@ -88,6 +93,35 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_predict)
 
 
+def _shown_name(name: str) -> str:
+    """A file name on one line: as it is when printable, else as a JSON string with escapes.
+
+    A name with a newline, a tab, another control character or bytes that are not UTF-8 (held
+    as surrogates) would break the one-line-per-image output or the terminal's encoding; such a
+    name, and one starting with a double quote, is written as ``json.dumps(name)``, which
+    ``json.loads`` reads back exactly.
+    """
+    import json
+
+    if name.isprintable() and not name.startswith('"'):
+        return name
+    return json.dumps(name)
+
+
+def _utf8_name(name: str) -> str:
+    r"""``name`` as valid UTF-8: the bytes of a non-UTF-8 file name as ``\xNN`` escapes."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = name.encode("utf-8", "surrogateescape")  # the file name's bytes on POSIX
+    except UnicodeEncodeError:  # a lone surrogate that is not an undecodable byte
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def _predictions_text(predictions: list, suffix: str) -> str:
     import csv
     import io
@@ -97,10 +131,21 @@ def _predictions_text(predictions: list, suffix: str) -> str:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["image", "labels", "probabilities"])
+        escaped = []
         for pred in predictions:
             probs = ";".join(f"{p:.6f}" for p in pred.probabilities)
-            writer.writerow([pred.source, ";".join(pred.labels), probs])
+            name = _utf8_name(pred.source)
+            if name != pred.source:
+                escaped.append(name)
+            writer.writerow([name, ";".join(pred.labels), probs])
+        if escaped:
+            print(
+                f"{len(escaped)} file names are not UTF-8; the CSV has their undecodable bytes "
+                f"as \\xNN escapes (first: {escaped[0]}); use .jsonl to keep them exactly",
+                file=sys.stderr,
+            )
         return buf.getvalue()
+    # ensure_ascii: a non-UTF-8 name's bytes become \udcNN escapes that json.loads reads back
     return "".join(json.dumps(pred.as_dict()) + "\n" for pred in predictions)
 
 
@@ -111,6 +156,8 @@ def _run_predict(args: argparse.Namespace) -> int:
     suffix = Path(args.output).suffix.lower() if args.output else ""
     if args.output and suffix not in (".jsonl", ".csv"):
         raise CommandError(f"--output {args.output}: use a .jsonl or .csv file name")
+    if args.output:
+        check_output_file(args.output)
     try:
         paths = find_images(args.images)
     except FileNotFoundError as e:
@@ -133,9 +180,9 @@ def _run_predict(args: argparse.Namespace) -> int:
             shown = ", ".join(
                 f"{n} {p:.3f}" for n, p in zip(pred.labels, pred.probabilities, strict=True)
             )
-            print(f"{pred.source}\t{shown}")
+            print(f"{_shown_name(pred.source)}\t{shown}")
     for path, error in failures:
-        print(f"skipped {path}: {error}", file=sys.stderr)
+        print(f"skipped {_shown_name(path)}: {error}", file=sys.stderr)
     if failures and not predictions:
         raise CommandError(f"none of the {len(failures)} images could be read")
     return 0
@@ -157,6 +204,7 @@ def _list_logits(args: argparse.Namespace, model: CPRFL) -> tuple[Tensor, Tensor
     from torch.utils.data import DataLoader
 
     from ..data import MultiLabelImageList
+    from ..data.images import pixel_limit_worker_init
     from ..predict import collect_logits, eval_transform
 
     try:
@@ -168,9 +216,20 @@ def _list_logits(args: argparse.Namespace, model: CPRFL) -> tuple[Tensor, Tensor
         )
     except FileNotFoundError as e:
         raise CommandError(str(e)) from None
-    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
+    loader = DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        worker_init_fn=pixel_limit_worker_init() if args.workers else None,
+    )
     runner = _inference_module(model)
-    return collect_logits(runner, loader, progress=progress_option(args))
+    try:
+        return collect_logits(runner, loader, progress=progress_option(args))
+    except Exception as e:  # a worker's error comes back with the worker's traceback as message
+        line = worker_error_line(e)
+        if line is None:
+            raise
+        raise CommandError(line) from None
 
 
 # ---------------------------------------------------------------------- evaluate

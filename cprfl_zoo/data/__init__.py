@@ -10,6 +10,9 @@ Every name is importable from ``cprfl_zoo.data``; the package holds one module p
 * :mod:`cprfl_zoo.data.lt_splits`: :func:`download_lt_split`, :func:`lt_split_path`,
   :data:`LT_BENCHMARKS`: the COCO-LT and VOC-LT splits of Wu et al. (ECCV 2020), their class
   names, where the list files and the images come from.
+* :mod:`cprfl_zoo.data.images`: :func:`load_image` and :func:`to_rgb`, any image Pillow reads
+  as 8-bit RGB as it is displayed (EXIF orientation, 16-bit and float pixels, transparency on
+  white, the pixel limit), used by the datasets, :mod:`cprfl_zoo.predict` and the command line.
 * :mod:`cprfl_zoo.data.transforms`: :func:`create_transforms`, timm's preprocessing for a model,
   or the CPRFL paper's recipe (448 px, Cutout, RandAugment).
 * :mod:`cprfl_zoo.data.label_stats`: :func:`class_counts`, :func:`class_priors` and
@@ -28,6 +31,7 @@ from .image_list import (
     read_label_file,
     read_text_lines,
 )
+from .images import ImageReadError, load_image, to_rgb
 from .label_stats import class_counts, class_priors, multi_hot_targets
 from .lt_splits import (
     LT_BENCHMARKS,
@@ -46,6 +50,7 @@ __all__ = [
     "LT_SPLITS_BASE_URL",
     "ClassAwareSampler",
     "ImageListEntries",
+    "ImageReadError",
     "LTBenchmark",
     "MultiLabelImageList",
     "RandomCutout",
@@ -58,10 +63,12 @@ __all__ = [
     "download_lt_split",
     "get_lt_benchmark",
     "image_repeat_factors",
+    "load_image",
     "lt_split_path",
     "multi_hot_targets",
     "read_class_names",
     "read_image_list",
     "read_label_file",
     "read_text_lines",
+    "to_rgb",
 ]

@@ -22,6 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import to_tensor
 
+from .images import ImageReadError, load_image
 from .lt_splits import PathLike, get_lt_benchmark, lt_split_path
 
 __all__ = [
@@ -297,8 +298,9 @@ class MultiLabelImageList(Dataset):
 
     Each line of ``list_file`` is ``relative/path.jpg id id ...`` with 0-based class ids (see
     :func:`read_image_list`); ``dataset[i]`` is ``(transform(image), target)`` where the image
-    is loaded with PIL as RGB and ``target`` is a ``(C,)`` float32 multi-hot tensor. Without a
-    transform the image is converted to a float tensor in [0, 1].
+    is decoded as displayed, as 8-bit RGB (:meth:`load_image`), and ``target`` is a ``(C,)``
+    float32 multi-hot tensor. Without a transform the image is converted to a float tensor in
+    [0, 1].
 
     Args:
         list_file: The image list.
@@ -379,21 +381,26 @@ class MultiLabelImageList(Dataset):
         return self.image_root / self.entries.paths[index]
 
     def load_image(self, index: int) -> Image.Image:
-        """Load image ``index`` as an RGB PIL image.
+        """Load image ``index`` as an RGB PIL image, as it is displayed.
+
+        Decoded with :func:`cprfl_zoo.data.images.load_image`: EXIF orientation applied, 16-bit
+        and float pixels scaled to 8 bits, transparency composited on white, images above
+        ``PIL.Image.MAX_IMAGE_PIXELS`` refused before decoding.
 
         Raises:
             FileNotFoundError: If the image is missing (path and list line named).
-            OSError: If the image cannot be decoded.
+            ImageReadError: If the image cannot be decoded (an ``OSError``; path, list line and
+                reason named).
         """
         path = self.image_path(index)
         where = f"{self.entries.source}:{self.entries.line_numbers[index]}"
         try:
-            with Image.open(path) as img:
-                return img.convert("RGB")
+            return load_image(path)
         except FileNotFoundError:
             raise FileNotFoundError(f"image not found: {path} (listed at {where})") from None
-        except OSError as e:
-            raise OSError(f"cannot read image {path} (listed at {where}): {e}") from e
+        except ImageReadError as e:
+            message = f"cannot read image {path} (listed at {where}): {e.reason}"
+            raise ImageReadError(message, path=str(path), reason=e.reason) from e.__cause__
 
     def __getitem__(self, index: int) -> tuple[Any, torch.Tensor]:
         if not -len(self) <= index < len(self):

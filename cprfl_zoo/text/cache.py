@@ -205,6 +205,11 @@ def load_embeddings_file(
         found_key = json.loads(metadata["key"])
     except (KeyError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} has no readable key in its metadata") from e
+    if not isinstance(found_key, dict):
+        kind = "null" if found_key is None else type(found_key).__name__
+        raise ValueError(
+            f"{path} has no readable key in its metadata ({kind} is not a JSON object)"
+        )
     if key is not None and found_key != json.loads(_canonical_json(dict(key))):
         raise ValueError(
             f"{path} was written for other inputs: {_first_key_difference(found_key, key)}"

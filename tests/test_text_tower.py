@@ -67,7 +67,7 @@ def test_tower_variants_match_open_clip_on_the_full_context(text_cfg, trimmable,
     assert tower.tokens.shape == (3, longest if trimmable else 77)
     with torch.no_grad():
         reference = _full_context(tower, NAMES)
-        assert reference.shape == (3, tower.embed_dim)
+        assert reference.shape == (3, tower.text_dim)
         torch.testing.assert_close(tower(), reference, rtol=1e-5, atol=1e-5)
         full = open_clip.get_tokenizer(TINY_NAME)([f"a photo of a {n}." for n in NAMES])
         torch.testing.assert_close(tower.encode(full), reference, rtol=1e-5, atol=1e-5)
@@ -82,7 +82,7 @@ def test_no_names_and_bad_tokens() -> None:
     tower = _tower(_arch(), templates=["a photo of a {}."])
     assert tower.tokenize([]).shape == (0, 77)  # nothing to trim to
     empty = tower.encode(torch.zeros(0, 77, dtype=torch.long))
-    assert empty.shape == (0, tower.embed_dim) and empty.dtype == torch.float32
+    assert empty.shape == (0, tower.text_dim) and empty.dtype == torch.float32
     with pytest.raises(ValueError, match=r"tokens must have shape \(N, L\), got \(77,\)"):
         tower.encode(torch.zeros(77, dtype=torch.long))
 

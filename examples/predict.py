@@ -17,10 +17,11 @@ import sys
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 import cprfl_zoo
 from cprfl_zoo.cli_args import positive_int, probability
+from cprfl_zoo.data import load_image
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,10 +70,9 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 def load_images(paths: list[Path]) -> list[Image.Image]:
     images = []
     for path in paths:
-        try:
-            with Image.open(path) as img:
-                images.append(img.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as e:
+        try:  # the library's decoder: EXIF orientation, 16-bit and float pixels, transparency
+            images.append(load_image(path))
+        except OSError as e:
             raise SystemExit(f"error: cannot read image {path}: {e}") from None
     return images
 

@@ -8,9 +8,14 @@ Several GPUs or machines, with DistributedDataParallel:
 
     torchrun --nproc_per_node 4 examples/train.py --dataset coco-lt --data-root /data/coco ...
 
-The recipe is the paper's: AdamW (backbone at a tenth of the head's learning rate, no weight decay
-on biases and norms), OneCycle with peak 1e-4, the asymmetric loss with gamma_neg 4, gamma_pos 0,
-clip 0.05, a model EMA with decay 0.998, automatic mixed precision. Each epoch the model and its
+The defaults: AdamW (backbone at a tenth of the head's learning rate, no weight decay on biases
+and norms), OneCycle with peak 1e-4, the asymmetric loss with gamma_neg 4, gamma_pos 0, clip 0.05,
+a model EMA with decay 0.998, automatic mixed precision. ``--recipe paper`` and ``--recipe
+official-code`` replace them with the paper's stated settings or those of the official code
+(explicit flags still win). The long-tail tools are options: ``--loss`` (asl, bce, db, two-way,
+logit-adjusted; class statistics counted on the training list), ``--sampler`` (uniform,
+class-aware, repeat-factor; sharded across ranks) and ``--anchor-weight`` (keep the category
+prompts near their initial values). Each epoch the model and its
 EMA are evaluated on the test list (mAP overall and on the head / medium / tail classes, counted
 on the training list), a checkpoint is written atomically (``checkpoint-last.pth``, resumable with
 ``--resume``), and the best of the two is exported with ``save_pretrained`` to ``<output>/model``

@@ -173,11 +173,20 @@ RECIPES: dict[str, dict[str, Any]] = {
 # ---------------------------------------------------------------------- arguments
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show an option's default unless it is None or False (nothing to tell the reader)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train CPRFL (timm backbone + category-prompt head) for long-tailed "
         "multi-label classification; runs under torchrun for several GPUs.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument(
         "--recipe",
@@ -228,7 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="training augmentation: the paper's (resize, Cutout, RandAugment) or timm's",
     )
     data.add_argument("--img-size", type=positive_int, default=448, help="input image size")
-    data.add_argument("--workers", type=non_negative_int, default=4, help="loader processes")
+    data.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=4,
+        help="data-loading worker processes per process (0: load in the training process)",
+    )
     data.add_argument(
         "--head-threshold",
         type=non_negative_int,

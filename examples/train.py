@@ -8,9 +8,14 @@ Several GPUs or machines, with DistributedDataParallel:
 
     torchrun --nproc_per_node 4 examples/train.py --dataset coco-lt --data-root /data/coco ...
 
-The recipe is the paper's: AdamW (backbone at a tenth of the head's learning rate, no weight decay
-on biases and norms), OneCycle with peak 1e-4, the asymmetric loss with gamma_neg 4, gamma_pos 0,
-clip 0.05, a model EMA with decay 0.998, automatic mixed precision. Each epoch the model and its
+The defaults: AdamW (backbone at a tenth of the head's learning rate, no weight decay on biases
+and norms), OneCycle with peak 1e-4, the asymmetric loss with gamma_neg 4, gamma_pos 0, clip 0.05,
+a model EMA with decay 0.998, automatic mixed precision. ``--recipe paper`` and ``--recipe
+official-code`` replace them with the paper's stated settings or those of the official code
+(explicit flags still win). The long-tail tools are options: ``--loss`` (asl, bce, db, two-way,
+logit-adjusted; class statistics counted on the training list), ``--sampler`` (uniform,
+class-aware, repeat-factor; sharded across ranks) and ``--anchor-weight`` (keep the category
+prompts near their initial values). Each epoch the model and its
 EMA are evaluated on the test list (mAP overall and on the head / medium / tail classes, counted
 on the training list), a checkpoint is written atomically (``checkpoint-last.pth``, resumable with
 ``--resume``), and the best of the two is exported with ``save_pretrained`` to ``<output>/model``
@@ -52,7 +57,7 @@ from timm.utils import (
 )
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
 import cprfl_zoo
@@ -62,16 +67,29 @@ from cprfl_zoo.cli_args import (
     non_negative_int,
     positive_float,
     positive_int,
+    probability,
 )
 from cprfl_zoo.data import (
+    ClassAwareSampler,
     MultiLabelImageList,
+    RepeatFactorSampler,
+    class_counts,
+    class_priors,
     create_lt_dataset,
     create_transforms,
     get_lt_benchmark,
     read_class_names,
 )
 from cprfl_zoo.fileio import atomic_path, atomic_write_text
-from cprfl_zoo.losses import AsymmetricLoss
+from cprfl_zoo.losses import (
+    ANCHOR_KINDS,
+    DB_LOSS_PRESETS,
+    AsymmetricLoss,
+    DistributionBalancedLoss,
+    LogitAdjustedLoss,
+    PromptAnchorLoss,
+    TwoWayLoss,
+)
 from cprfl_zoo.metrics import MultiLabelEvaluator
 from cprfl_zoo.predict import collect_logits, eval_transform
 from cprfl_zoo.synthetic import DIGIT_NAMES, make_digit_composites, write_image_list
@@ -99,16 +117,87 @@ RESUME_FIXED_ARGS = (
     "ema",
     "amp",
     "trainable_text_encoder",
+    "opt",
+    "sched",
+    "loss",
+    "db_preset",
+    "db_fix_init_bias",
+    "la_tau",
+    "sampler",
+    "samples_per_class",
+    "repeat_threshold",
+    "anchor_weight",
+    "anchor_kind",
 )
+# What a checkpoint written before these arguments existed was trained with.
+RESUME_DEFAULTS = {
+    "opt": "adamw",
+    "sched": "onecycle",
+    "loss": "asl",
+    "db_fix_init_bias": False,
+    "sampler": "uniform",
+    "anchor_weight": 0.0,
+}
+
+LOSSES = ("asl", "bce", "db", "two-way", "logit-adjusted")
+SAMPLERS = ("uniform", "class-aware", "repeat-factor")
+# Named settings (--recipe): defaults that explicit flags override. A dict value is per --dataset
+# (the key None for any other data). See the "Recipes" section of docs/src/training.md.
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": {  # the CPRFL paper's implementation details
+        "opt": "adam",
+        "sched": "constant",
+        "weight_decay": 1e-4,
+        "epochs": 30,
+        "batch_size": 32,
+        "lr": {"coco-lt": 1e-5, "voc-lt": 5e-5, None: 1e-5},
+        "backbone_lr_scale": 1.0,
+        "trainable_text_encoder": False,
+        "img_size": 448,
+    },
+    "official-code": {  # what github.com/jiexuanyan/CPRFL train.py runs
+        "opt": "adamw",
+        "sched": "onecycle",
+        "pct_start": 0.1,
+        "weight_decay": 1e-4,
+        "epochs": 80,
+        "batch_size": 16,
+        "lr": 1e-5,
+        "backbone_lr_scale": 1.0,
+        "ema": 0.998,
+        "trainable_text_encoder": True,
+        "img_size": 448,
+    },
+}
 
 # ---------------------------------------------------------------------- arguments
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show an option's default unless it is None or False (nothing to tell the reader)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train CPRFL (timm backbone + category-prompt head) for long-tailed "
         "multi-label classification; runs under torchrun for several GPUs.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default=None,
+        help="named settings that replace the defaults below (flags given explicitly still win): "
+        "'paper' = Adam, constant lr 1e-5 (COCO-LT; 5e-5 on VOC-LT), weight decay 1e-4, 30 "
+        "epochs, batch 32, backbone at the head's lr, frozen text, 448 px; 'official-code' = "
+        "AdamW with OneCycle (10%% warm-up), lr 1e-5 for backbone and head, 80 epochs, batch 16, "
+        "EMA 0.998, trainable text encoder, 448 px. See the Recipes section of "
+        "docs/src/training.md",
     )
     data = parser.add_argument_group("data (choose one of --dataset, --train-list, --synthetic)")
     data.add_argument("--dataset", choices=["coco-lt", "voc-lt"], help="a benchmark")
@@ -148,7 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="training augmentation: the paper's (resize, Cutout, RandAugment) or timm's",
     )
     data.add_argument("--img-size", type=positive_int, default=448, help="input image size")
-    data.add_argument("--workers", type=non_negative_int, default=4, help="loader processes")
+    data.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=4,
+        help="data-loading worker processes per process (0: load in the training process)",
+    )
     data.add_argument(
         "--head-threshold",
         type=non_negative_int,
@@ -224,24 +318,57 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--trainable-text-encoder",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=False,
         help="fine-tune the CLIP text tower with the model, re-encoding the class prompts every "
-        "step (the official code's mode); needs an open_clip --text-encoder",
+        "step (the official code's mode); needs an open_clip --text-encoder "
+        "(--no-trainable-text-encoder turns off what --recipe official-code sets)",
     )
     model.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     model.add_argument("--compile", action="store_true", help="torch.compile the model")
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=positive_int, default=80)
-    optim.add_argument("--batch-size", type=positive_int, default=16, help="per process")
-    optim.add_argument("--lr", type=positive_float, default=1e-4, help="peak learning rate (head)")
+    optim.add_argument(
+        "--opt",
+        choices=["adamw", "adam"],
+        default="adamw",
+        help="optimiser (timm's create_optimizer_v2): AdamW (decoupled weight decay) or Adam (L2 "
+        "weight decay added to the gradient, as the paper states)",
+    )
+    optim.add_argument(
+        "--sched",
+        choices=["onecycle", "constant"],
+        default="onecycle",
+        help="learning-rate schedule, stepped every batch: OneCycle (warm-up --pct-start, peak "
+        "--lr, cosine decay to ~0 at the last step) or constant --lr",
+    )
+    optim.add_argument(
+        "--epochs", type=positive_int, default=80, help="passes over the training list"
+    )
+    optim.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=16,
+        help="images per step and per process (N processes: N x this per optimiser step)",
+    )
+    optim.add_argument(
+        "--lr",
+        type=positive_float,
+        default=1e-4,
+        help="peak (or constant) learning rate of the head",
+    )
     optim.add_argument(
         "--backbone-lr-scale",
         type=non_negative_float,
         default=0.1,
         help="backbone learning rate = lr x this (0 freezes the backbone's weights)",
     )
-    optim.add_argument("--weight-decay", type=non_negative_float, default=1e-4)
+    optim.add_argument(
+        "--weight-decay",
+        type=non_negative_float,
+        default=1e-4,
+        help="weight decay (none on biases, norms and the backbone's no_weight_decay())",
+    )
     optim.add_argument("--pct-start", type=fraction, default=0.2, help="OneCycle warm-up fraction")
     optim.add_argument(
         "--ema", type=fraction, default=0.998, help="model EMA decay (0 disables the EMA)"
@@ -253,7 +380,78 @@ def build_parser() -> argparse.ArgumentParser:
         help="mixed precision; auto: bf16 on GPUs that support it, none on CPU",
     )
     optim.add_argument(
-        "--clip-grad", type=positive_float, default=None, help="clip the gradient norm"
+        "--clip-grad",
+        type=positive_float,
+        default=None,
+        help="clip the gradient's global norm to this value (default: no clipping)",
+    )
+
+    lt = parser.add_argument_group(
+        "long-tail tools (class statistics are counted on the training list)"
+    )
+    lt.add_argument(
+        "--loss",
+        choices=LOSSES,
+        default="asl",
+        help="training loss: asl = AsymmetricLoss(gamma_neg=4, gamma_pos=0, clip=0.05), mean "
+        "(the paper's); bce = binary cross-entropy, mean; db = Distribution-Balanced loss (Wu et "
+        "al. 2020, --db-preset); two-way = two-way multi-label loss (Kobayashi 2023, Tp 4, Tn 1); "
+        "logit-adjusted = binary cross-entropy on logits + tau * log(prior / (1 - prior)) "
+        "(Menon et al. 2021, --la-tau)",
+    )
+    lt.add_argument(
+        "--db-preset",
+        choices=sorted(DB_LOSS_PRESETS),
+        default=None,
+        help="with --loss db: the official hyper-parameters of this benchmark (coco-lt: mu 0.2, "
+        "lambda 2; voc-lt: mu 0.3, lambda 5); default: --dataset's, else coco-lt",
+    )
+    lt.add_argument(
+        "--db-fix-init-bias",
+        action="store_true",
+        help="with --loss db: the paper's class bias -kappa*log(N/n - 1) instead of the official "
+        "code's, which divides it by lambda (a bug the authors confirmed)",
+    )
+    lt.add_argument(
+        "--la-tau",
+        type=non_negative_float,
+        default=None,
+        help="with --loss logit-adjusted: scale tau of the log-odds offset (default 1)",
+    )
+    lt.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default="uniform",
+        help="which training images each epoch shows: uniform = every image once, shuffled "
+        "(DistributedSampler); class-aware = pick a class, then images of it (the DB paper's); "
+        "repeat-factor = repeat images of rare classes (LVIS); all shard across torchrun ranks",
+    )
+    lt.add_argument(
+        "--samples-per-class",
+        type=positive_int,
+        default=None,
+        help="with --sampler class-aware: consecutive images per class visit (default 3)",
+    )
+    lt.add_argument(
+        "--repeat-threshold",
+        type=probability,
+        default=None,
+        help="with --sampler repeat-factor: classes in fewer than this fraction of the images are "
+        "repeated, by sqrt(threshold / fraction) (default 0.001, as LVIS)",
+    )
+    lt.add_argument(
+        "--anchor-weight",
+        type=non_negative_float,
+        default=0.0,
+        help="prompt anchoring: add this x the distance between the category prompts PI(W) and "
+        "their values before the first step to the loss (0: off)",
+    )
+    lt.add_argument(
+        "--anchor-kind",
+        choices=ANCHOR_KINDS,
+        default=None,
+        help="with --anchor-weight: l2 = mean squared difference over the prompts' entries; "
+        "cosine = mean of 1 - cos(prompt, anchor) over classes (default l2)",
     )
 
     run = parser.add_argument_group("run")
@@ -283,7 +481,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="end the run after this epoch, its checkpoint written (jobs with a time limit); "
         "continue with --resume",
     )
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the model's initialisation, the data order and augmentation of every epoch",
+    )
     run.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     return parser
 
@@ -354,7 +557,11 @@ def _check_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
     if args.text_embeddings is not None:
         _require_file(parser, "--text-embeddings", args.text_embeddings)
         if args.trainable_text_encoder:
-            parser.error("argument --text-embeddings cannot be combined with a trainable encoder")
+            parser.error(
+                "argument --text-embeddings cannot be combined with a trainable encoder "
+                f"(--trainable-text-encoder{_from_recipe(args, 'trainable_text_encoder')}; "
+                "--no-trainable-text-encoder turns it off)"
+            )
     elif args.text_encoder != RANDOM_TEXT_ENCODER:
         try:
             TextConfig.resolve(args.text_encoder, args.text_pretrained)
@@ -363,7 +570,11 @@ def _check_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
     elif args.text_pretrained is not None:
         parser.error("argument --text-pretrained does not apply to --text-encoder random")
     elif args.trainable_text_encoder:
-        parser.error("argument --trainable-text-encoder needs a CLIP --text-encoder, not random")
+        parser.error(
+            f"argument --trainable-text-encoder{_from_recipe(args, 'trainable_text_encoder')} "
+            "needs a CLIP --text-encoder, not random (--no-trainable-text-encoder keeps the class "
+            "embeddings fixed)"
+        )
 
 
 def _check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -385,11 +596,73 @@ def _check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             parser.error(f"argument --device: {e}")
 
 
+def _check_long_tail_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse options of a loss / sampler / anchor that is not chosen; fill in their defaults."""
+    if args.loss != "db":
+        _refuse(parser, "--loss db", {"--db-preset": args.db_preset})
+        if args.db_fix_init_bias:
+            parser.error("argument --db-fix-init-bias only applies to --loss db")
+    elif args.db_preset is None:
+        args.db_preset = args.dataset if args.dataset in DB_LOSS_PRESETS else "coco-lt"
+    if args.loss != "logit-adjusted":
+        _refuse(parser, "--loss logit-adjusted", {"--la-tau": args.la_tau})
+    elif args.la_tau is None:
+        args.la_tau = 1.0
+    if args.sampler != "class-aware":
+        _refuse(parser, "--sampler class-aware", {"--samples-per-class": args.samples_per_class})
+    elif args.samples_per_class is None:
+        args.samples_per_class = 3
+    if args.sampler != "repeat-factor":
+        _refuse(parser, "--sampler repeat-factor", {"--repeat-threshold": args.repeat_threshold})
+    elif args.repeat_threshold is None:
+        args.repeat_threshold = 0.001
+    elif args.repeat_threshold == 0:
+        parser.error("argument --repeat-threshold: expected a number in (0, 1], got 0")
+    if args.anchor_weight == 0:
+        _refuse(parser, "--anchor-weight > 0", {"--anchor-kind": args.anchor_kind})
+    elif args.anchor_kind is None:
+        args.anchor_kind = "l2"
+
+
+def recipe_defaults(recipe: str, dataset: str | None) -> dict[str, Any]:
+    """The argument defaults of ``--recipe`` (a per-dataset value resolved for ``dataset``).
+
+    Raises:
+        KeyError: If ``recipe`` is not in :data:`RECIPES`.
+    """
+    values = {}
+    for key, value in RECIPES[recipe].items():
+        if isinstance(value, dict):
+            value = value.get(dataset, value[None])
+        values[key] = value
+    return values
+
+
+def recipe_values_kept(args: argparse.Namespace) -> dict[str, Any]:
+    """The values of ``args.recipe`` that no flag overrode (empty without a recipe)."""
+    if args.recipe is None:
+        return {}
+    values = recipe_defaults(args.recipe, args.dataset)
+    return {k: v for k, v in values.items() if getattr(args, k) == v}
+
+
+def _from_recipe(args: argparse.Namespace, key: str) -> str:
+    """' (set by --recipe NAME)' when the recipe chose ``key``'s value, else ''."""
+    return f" (set by --recipe {args.recipe})" if key in recipe_values_kept(args) else ""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse and check the arguments; inconsistent ones stop with a message naming them."""
+    """Parse and check the arguments; inconsistent ones stop with a message naming them.
+
+    ``--recipe`` is read first: its values become the parser's defaults, so that every flag given
+    on the command line overrides them.
+    """
     parser = build_parser()
+    first, _ = parser.parse_known_args(argv)
+    if first.recipe is not None:
+        parser.set_defaults(**recipe_defaults(first.recipe, first.dataset))
     args = parser.parse_args(argv)
-    for check in (_check_data_args, _check_model_args, _check_run_args):
+    for check in (_check_data_args, _check_model_args, _check_run_args, _check_long_tail_args):
         check(parser, args)
     return args
 
@@ -555,18 +828,56 @@ def build_datasets(
         raise SystemExit(f"error: {e}") from None
 
 
+def build_train_sampler(
+    ctx: Context, args: argparse.Namespace, train_set: MultiLabelImageList
+) -> Sampler[int]:
+    """``--sampler``: this rank's share of each epoch (call ``set_epoch`` before each epoch).
+
+    ``uniform`` is PyTorch's ``DistributedSampler``; ``class-aware`` and ``repeat-factor`` are
+    cprfl_zoo's long-tail samplers, which shard across ranks the same way (the end of the list is
+    dropped so that every rank gets as many images).
+    """
+    shard = {"num_replicas": ctx.world_size, "rank": ctx.rank, "seed": args.seed}
+    try:
+        if args.sampler == "class-aware":
+            return ClassAwareSampler(
+                train_set, samples_per_class=args.samples_per_class, drop_last=True, **shard
+            )
+        if args.sampler == "repeat-factor":
+            return RepeatFactorSampler(
+                train_set, threshold=args.repeat_threshold, drop_last=True, **shard
+            )
+    except ValueError as e:
+        raise SystemExit(f"error: --sampler {args.sampler}: {e}") from None
+    return DistributedSampler(train_set, shuffle=True, drop_last=True, **shard)
+
+
+def schedule_steps(loader: DataLoader, epochs: int) -> int:
+    """Optimiser steps in ``epochs`` epochs of ``loader`` (its sampler's length may vary by epoch:
+    repeat-factor sampling draws each epoch's list from ``seed + epoch``, so it is counted)."""
+    sampler = loader.sampler
+    if not isinstance(sampler, RepeatFactorSampler):
+        return epochs * len(loader)
+    total = 0
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        total += len(sampler) // loader.batch_size  # the loader drops the last partial batch
+    sampler.set_epoch(0)
+    return total
+
+
 def build_loaders(
     ctx: Context, args: argparse.Namespace, model: nn.Module, names: list[str]
 ) -> tuple[DataLoader, DataLoader]:
-    """The training and test loaders, each rank reading its share (``DistributedSampler``)."""
+    """The training and test loaders, each rank reading its share (``--sampler`` for training,
+    ``DistributedSampler`` for the test list)."""
     train_set, test_set = build_datasets(ctx, args, model, names)
     samplers = [
+        build_train_sampler(ctx, args, train_set),
         DistributedSampler(
-            data, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=training, seed=args.seed,
-            drop_last=training,
-        )
-        for data, training in ((train_set, True), (test_set, False))
-    ]  # fmt: skip
+            test_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False, seed=args.seed
+        ),
+    ]
     common = {
         "batch_size": args.batch_size,
         "num_workers": args.workers,
@@ -582,6 +893,11 @@ def build_loaders(
         )
     if ctx.is_main:
         log_data(args, train_set, len(test_set), len(train_loader), ctx.world_size)
+        if args.sampler != "uniform":
+            _logger.info(
+                "sampler: %s; epoch 1 draws %d images per process (%d of %d distinct)",
+                args.sampler, len(samplers[0]), len(set(samplers[0])), len(train_set),
+            )  # fmt: skip
     return train_loader, test_loader
 
 
@@ -759,7 +1075,7 @@ def initialise_from(model: cprfl_zoo.CPRFL, source: str) -> None:
 
 
 def param_groups(model: nn.Module, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """AdamW groups: backbone at lr x scale, head at lr; no weight decay on biases and norms."""
+    """Optimiser groups: backbone at lr x scale, head at lr; no weight decay on biases and norms."""
     no_decay_names = set(model.no_weight_decay())
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     groups = []
@@ -782,16 +1098,23 @@ def param_groups(model: nn.Module, args: argparse.Namespace) -> list[dict[str, A
 
 
 def build_optimizer(
-    model: nn.Module, args: argparse.Namespace, steps_per_epoch: int
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.OneCycleLR]:
-    """AdamW (timm's factory, over :func:`param_groups`) and a OneCycle schedule over all steps."""
+    model: nn.Module,
+    args: argparse.Namespace,
+    steps_per_epoch: int,
+    total_steps: int | None = None,
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """``--opt`` (timm's factory, over :func:`param_groups`) and the ``--sched`` schedule, stepped
+    once per batch: OneCycle over ``total_steps`` (default ``epochs x steps_per_epoch``) or
+    constant."""
     optimizer = create_optimizer_v2(
-        model, "adamw", lr=args.lr, param_group_fn=lambda m: param_groups(m, args)
+        model, args.opt, lr=args.lr, param_group_fn=lambda m: param_groups(m, args)
     )
+    if args.sched == "constant":
+        return optimizer, torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=[group["lr"] for group in optimizer.param_groups],
-        total_steps=args.epochs * steps_per_epoch,
+        total_steps=total_steps or args.epochs * steps_per_epoch,
         pct_start=args.pct_start,
     )
     return optimizer, scheduler
@@ -816,6 +1139,7 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
+    anchor: PromptAnchorLoss | None = None
     epoch: int = 0
     best_score: float = -math.inf
     best_epoch: int = 0
@@ -836,13 +1160,43 @@ class TrainState:
 
 
 def build_state(
-    ctx: Context, args: argparse.Namespace, model: cprfl_zoo.CPRFL, steps_per_epoch: int
+    ctx: Context,
+    args: argparse.Namespace,
+    model: cprfl_zoo.CPRFL,
+    steps_per_epoch: int,
+    total_steps: int | None = None,
 ) -> TrainState:
-    optimizer, scheduler = build_optimizer(model, args, steps_per_epoch)
+    """Optimiser, schedule, EMA, gradient scaler and, with ``--anchor-weight``, the prompt anchor
+    (the model's prompts now, before the first step; a resumed run restores the saved one)."""
+    optimizer, scheduler = build_optimizer(model, args, steps_per_epoch, total_steps)
     ema = ModelEmaV3(model, decay=args.ema) if args.ema > 0 else None
     fp16 = resolve_amp(args.amp, ctx.device) == torch.float16
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=fp16)
-    return TrainState(model, ema, optimizer, scheduler, scaler)
+    anchor = None
+    if args.anchor_weight > 0:
+        anchor = PromptAnchorLoss.from_model(model, kind=args.anchor_kind)
+    return TrainState(model, ema, optimizer, scheduler, scaler, anchor)
+
+
+def build_loss(args: argparse.Namespace, train_set: Any) -> nn.Module:
+    """The ``--loss`` criterion, its class statistics counted on the training list."""
+    try:
+        if args.loss == "asl":
+            return AsymmetricLoss(gamma_neg=4, gamma_pos=0, clip=0.05, reduction="mean")
+        if args.loss == "bce":
+            return AsymmetricLoss(gamma_neg=0, gamma_pos=0, clip=0, reduction="mean")
+        if args.loss == "two-way":
+            return TwoWayLoss(tp=4.0, tn=1.0)
+        if args.loss == "db":
+            return DistributionBalancedLoss.from_preset(
+                args.db_preset, class_counts(train_set), len(train_set),
+                fix_init_bias=args.db_fix_init_bias,
+            )  # fmt: skip
+        if args.loss == "logit-adjusted":
+            return LogitAdjustedLoss(class_priors(train_set), tau=args.la_tau)
+    except ValueError as e:
+        raise SystemExit(f"error: --loss {args.loss} on the training list: {e}") from None
+    raise ValueError(f"unknown --loss {args.loss!r}")
 
 
 # ---------------------------------------------------------------------- one epoch
@@ -869,16 +1223,22 @@ def train_one_epoch(
     clip_grad: float | None = None,
     channels_last: bool = False,
     desc: str | None = None,
+    penalty: Callable[[], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``: forward ``net`` (the model, or its DDP / compiled wrapper),
     step the optimiser, the schedule and the EMA once per batch.
 
+    ``penalty``, if given, is called once per step (outside autocast) and added to the loss, e.g.
+    the weighted prompt anchor.
+
     Returns:
-        ``loss``: the mean training loss (over every rank under DDP); ``lr``: the head's learning
-        rate at the epoch's last step.
+        ``loss``: the mean training loss, penalty included (over every rank under DDP); ``lr``:
+        the head's learning rate at the epoch's last step; with ``penalty``, ``penalty``: its
+        mean.
     """
     net.train()
     loss_sum, steps, lr = torch.zeros((), device=device), 0, math.nan
+    penalty_sum = torch.zeros((), device=device)
     bar = tqdm(loader, desc=desc, leave=False, disable=True if desc is None else None)
     for images, targets in bar:
         images = images.to(device, non_blocking=True)
@@ -887,6 +1247,10 @@ def train_one_epoch(
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = net(images)
         loss = loss_fn(logits, targets.to(device, non_blocking=True))
+        if penalty is not None:
+            extra = penalty()
+            penalty_sum += extra.detach()
+            loss = loss + extra
         _optimizer_step(loss, state, net.parameters(), clip_grad)
         lr = state.optimizer.param_groups[-1]["lr"]  # the head's, for the log
         state.scheduler.step()
@@ -898,8 +1262,12 @@ def train_one_epoch(
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(loss_sum)
+        dist.all_reduce(penalty_sum)
         steps *= dist.get_world_size()
-    return {"loss": float(loss_sum) / max(steps, 1), "lr": lr}
+    stats = {"loss": float(loss_sum) / max(steps, 1), "lr": lr}
+    if penalty is not None:
+        stats["penalty"] = float(penalty_sum) / max(steps, 1)
+    return stats
 
 
 @torch.no_grad()
@@ -1043,6 +1411,7 @@ def save_checkpoint(
         "optimizer": state.optimizer.state_dict(),
         "scheduler": state.scheduler.state_dict(),
         "scaler": state.scaler.state_dict(),
+        "prompt_anchor": state.anchor.anchor if state.anchor is not None else None,
         "epoch": state.epoch,
         "best_score": state.best_score,
         "best_epoch": state.best_epoch,
@@ -1073,10 +1442,11 @@ def load_checkpoint(args: argparse.Namespace, names: list[str]) -> dict[str, Any
     if "dim" in saved:  # a checkpoint of 0.1.0's train.py
         saved = {**saved, "embed_dim": saved["dim"]}
     for key in RESUME_FIXED_ARGS:
-        if saved.get(key) != current.get(key):
+        before = saved.get(key, RESUME_DEFAULTS.get(key))
+        if before != current.get(key):
             raise SystemExit(
                 f"error: --{key.replace('_', '-')} is {current.get(key)!r} but the checkpoint "
-                f"--resume {path} was trained with {saved.get(key)!r}; a resumed run must keep it"
+                f"--resume {path} was trained with {before!r}; a resumed run must keep it"
             )
     return ckpt
 
@@ -1089,6 +1459,8 @@ def restore(state: TrainState, ckpt: dict[str, Any]) -> None:
     state.optimizer.load_state_dict(ckpt["optimizer"])
     state.scheduler.load_state_dict(ckpt["scheduler"])
     state.scaler.load_state_dict(ckpt["scaler"])
+    if state.anchor is not None:  # the prompts of the run's first start, not of this one
+        state.anchor.anchor.copy_(ckpt["prompt_anchor"])
     state.epoch, state.best_score = ckpt["epoch"], ckpt["best_score"]
     state.best_epoch, state.history = ckpt["best_epoch"], ckpt["history"]
 
@@ -1122,15 +1494,25 @@ def log_environment(ctx: Context, args: argparse.Namespace) -> None:
         cprfl_zoo.__version__, torch.__version__, timm.__version__, ctx.world_size, ctx.device,
     )  # fmt: skip
     _logger.info("arguments: %s", json.dumps(args_to_dict(args), sort_keys=True))
+    if args.recipe is not None:
+        kept = recipe_values_kept(args)
+        changed = sorted(k.replace("_", "-") for k in set(RECIPES[args.recipe]) - set(kept))
+        _logger.info(
+            "recipe %s: %s%s", args.recipe,
+            ", ".join(f"{k.replace('_', '-')} {v}" for k, v in kept.items()),
+            f"; overridden by flags: {', '.join(changed)}" if changed else "",
+        )  # fmt: skip
 
 
 def history_entry(epoch: int, stats: dict[str, float], results: dict[str, dict]) -> dict:
     """One line of metrics.json: the training loss and lr, every metric of model and EMA."""
     best = max(results, key=lambda k: nan_to_ninf(results[k]["mAP"]))
     scores = {f"{k}/{m}": v for k, res in results.items() for m, v in res.items()}
+    penalty = {"train_anchor_penalty": stats["penalty"]} if "penalty" in stats else {}
     return {
         "epoch": epoch,
         "train_loss": stats["loss"],
+        **penalty,
         "lr": stats["lr"],
         "best_of_epoch": best,
         **scores,
@@ -1167,6 +1549,22 @@ def finish(args: argparse.Namespace, state: TrainState, seconds: float, stopped:
         push_to_hub(args, entry, which)
 
 
+def anchor_penalty(state: TrainState, weight: float) -> Callable[[], torch.Tensor] | None:
+    """``weight x`` the prompt anchor's distance of the model's current prompts (float32), or None.
+
+    It reads the prompts of ``state.model``, the module itself: under DDP its parameters are the
+    ones the wrapper trains, and their gradients (task loss plus penalty) are averaged as one.
+    """
+    if state.anchor is None:
+        return None
+    anchor, model = state.anchor, state.model
+
+    def penalty() -> torch.Tensor:
+        return weight * anchor(model.get_prompts())
+
+    return penalty
+
+
 def train(ctx: Context, args: argparse.Namespace) -> TrainState:
     """Build everything, run the epochs (from ``--resume`` on), export; return the final state."""
     start_time = time.perf_counter()
@@ -1175,7 +1573,9 @@ def train(ctx: Context, args: argparse.Namespace) -> TrainState:
     names = class_names_for(args)
     model = build_model(ctx, args, names)
     train_loader, test_loader = build_loaders(ctx, args, model, names)
-    state = build_state(ctx, args, model, len(train_loader))
+    state = build_state(
+        ctx, args, model, len(train_loader), total_steps=schedule_steps(train_loader, args.epochs)
+    )
     if args.resume is not None:
         restore(state, load_checkpoint(args, names))
         _logger.info("resumed from %s after epoch %d", args.resume, state.epoch)
@@ -1185,7 +1585,11 @@ def train(ctx: Context, args: argparse.Namespace) -> TrainState:
     )  # fmt: skip
     net = wrap_model(ctx, args, model)
     amp_dtype = resolve_amp(args.amp, ctx.device)
-    loss_fn = AsymmetricLoss(gamma_neg=4, gamma_pos=0, clip=0.05, reduction="mean")
+    loss_fn = build_loss(args, train_loader.dataset).to(ctx.device)
+    penalty = anchor_penalty(state, args.anchor_weight)
+    if ctx.is_main:
+        anchor = f"; prompt anchor x {args.anchor_weight}: {state.anchor}" if penalty else ""
+        _logger.info("loss: %s%s", " ".join(str(loss_fn).split()), anchor)
     last_epoch = args.stop_after_epoch or args.epochs
     for epoch in range(state.epoch, last_epoch):
         epoch_start = time.perf_counter()
@@ -1194,7 +1598,7 @@ def train(ctx: Context, args: argparse.Namespace) -> TrainState:
         stats = train_one_epoch(
             net, train_loader, state, loss_fn, device=ctx.device, amp_dtype=amp_dtype,
             clip_grad=args.clip_grad, channels_last=args.channels_last,
-            desc=f"epoch {epoch + 1}/{args.epochs}" if ctx.is_main else None,
+            desc=f"epoch {epoch + 1}/{args.epochs}" if ctx.is_main else None, penalty=penalty,
         )  # fmt: skip
         sync_batchnorm_stats(ctx, *state.modules().values())
         results = {

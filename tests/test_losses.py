@@ -13,6 +13,7 @@ from cprfl_zoo.losses import (
     asymmetric,
     distribution_balanced,
     logit_adjustment,
+    prompt_anchor,
     single_label,
     two_way,
 )
@@ -20,6 +21,7 @@ from cprfl_zoo.losses import (
 
 def test_every_name_is_importable_from_the_package():
     assert cprfl_zoo.losses.__all__ == [
+        "ANCHOR_KINDS",
         "DB_LOSS_PRESETS",
         "UNKNOWN_TARGET",
         "ASLSingleLabel",
@@ -27,13 +29,22 @@ def test_every_name_is_importable_from_the_package():
         "DistributionBalancedLoss",
         "LogitAdjustedLoss",
         "LogitAdjustment",
+        "PromptAnchorLoss",
         "TwoWayLoss",
         "adjust_logits",
         "asymmetric_loss",
         "logit_adjustment_offset",
+        "prompt_anchor_loss",
         "two_way_loss",
     ]
-    modules = (asymmetric, single_label, logit_adjustment, distribution_balanced, two_way)
+    modules = (
+        asymmetric,
+        single_label,
+        logit_adjustment,
+        distribution_balanced,
+        two_way,
+        prompt_anchor,
+    )
     assert sorted(n for m in modules for n in m.__all__) == sorted(cprfl_zoo.losses.__all__)
     for module in modules:
         for name in module.__all__:

@@ -23,6 +23,9 @@ Every name is importable from ``cprfl_zoo.losses``; the package holds one module
   ECCV 2020) and its official presets :data:`DB_LOSS_PRESETS`.
 * :mod:`cprfl_zoo.losses.two_way`: :class:`TwoWayLoss` and :func:`two_way_loss` (Kobayashi,
   CVPR 2023).
+* :mod:`cprfl_zoo.losses.prompt_anchor`: :class:`PromptAnchorLoss` and
+  :func:`prompt_anchor_loss`, a penalty keeping the category prompts near their text
+  initialisation.
 
 This package imports only PyTorch, so it can be used without building a CPRFL model.
 """
@@ -36,10 +39,12 @@ from .logit_adjustment import (
     adjust_logits,
     logit_adjustment_offset,
 )
+from .prompt_anchor import ANCHOR_KINDS, PromptAnchorLoss, prompt_anchor_loss
 from .single_label import ASLSingleLabel
 from .two_way import TwoWayLoss, two_way_loss
 
 __all__ = [
+    "ANCHOR_KINDS",
     "DB_LOSS_PRESETS",
     "UNKNOWN_TARGET",
     "ASLSingleLabel",
@@ -47,9 +52,11 @@ __all__ = [
     "DistributionBalancedLoss",
     "LogitAdjustedLoss",
     "LogitAdjustment",
+    "PromptAnchorLoss",
     "TwoWayLoss",
     "adjust_logits",
     "asymmetric_loss",
     "logit_adjustment_offset",
+    "prompt_anchor_loss",
     "two_way_loss",
 ]

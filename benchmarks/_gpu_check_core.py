@@ -138,7 +138,13 @@ TINY = Sizes(
     official_trainable=False,
     official_overrides={
         "model": {"feature_d": 32, "head_num": 2, "dim_head": 8, "mlp_dim": 24},
-        "clip": {"transformer_width": 32, "transformer_heads": 2, "transformer_layers": 1},
+        "clip": {
+            "transformer_width": 32,
+            "transformer_heads": 2,
+            "transformer_layers": 1,
+            "vision_layers": (1, 1, 1, 1),
+            "vision_width": 8,
+        },
     },
     head_cases=((1, 8), (2, 16)),
     head_tokens=16,

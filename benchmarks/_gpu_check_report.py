@@ -81,6 +81,9 @@ def _train(entry: dict[str, Any]) -> list[str]:
         if "model_max_abs_diff" in r:
             text += f"; max |Δweight| {r['model_max_abs_diff']:.3g}"
         lines.append(text)
+    if entry.get("missing_train_flags"):
+        lines += ["", "What train.py lacks for these checks (worked around by the runner):"]
+        lines += [f"- {flag}" for flag in entry["missing_train_flags"]]
     return lines
 
 
@@ -97,9 +100,11 @@ def _torchrun(entry: dict[str, Any]) -> list[str]:
                 _status(r),
                 str(checks.get("same_weights", "-")),
                 _num(r.get("images_per_s"), ".1f"),
+                r.get("note", ""),
             ]
         )
-    return _table(["run", "processes", "backend", "status", "same weights", "images/s"], rows)
+    header = ["run", "processes", "backend", "status", "same weights", "images/s", "note"]
+    return _table(header, rows)
 
 
 def _step(entry: dict[str, Any]) -> list[str]:

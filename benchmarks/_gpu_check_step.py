@@ -126,7 +126,8 @@ def run_step_compare(
         row: dict[str, Any] = {"impl": name, "batch": sizes.batch, "img_size": sizes.img_size}
         row.update(classes=len(names), dtype=dtype)
         row["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        with torch.no_grad(), torch.autocast(dev.type, dtype=getattr(torch, dtype)):
+        amp = getattr(torch, dtype)
+        with torch.no_grad(), torch.autocast(dev.type, dtype=amp, enabled=amp != torch.float32):
             row["logits_shape"] = list(model(images).shape)
         steps[name] = _trainer(model, images, targets, dtype)
         steps[name]()  # warm-up: optimiser state, cuDNN's algorithm choice

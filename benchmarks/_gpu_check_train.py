@@ -398,6 +398,11 @@ def run_torchrun(ctx: Context) -> dict[str, Any]:
             "steps": all(e.get("optimizer_steps") == [steps] for e in entries.values()),
         }
         row["checks"] = checks
+        if procs == 1 and entries.get(0, {}).get("backend") is None:
+            row["note"] = (
+                "no process group: timm's init_distributed_device starts one only when "
+                "WORLD_SIZE > 1, so train.py ran as one plain process (NCCL unused)"
+            )
         ok = result.returncode == 0 and all(checks.values())
         row["status"] = "ok" if ok else ("timeout" if result.timed_out else "failed")
         if not ok:

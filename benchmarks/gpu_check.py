@@ -98,11 +98,11 @@ def _worker_section(name: str) -> Any:
 
 
 SECTIONS = (
-    Section("pytest", "tests/test_cuda.py through pytest", run_pytest, cap_s=90, floor_s=30),
-    Section("train", "train.py: precision modes, resume", run_train, cap_s=170, floor_s=80),
-    Section("torchrun", "train.py under torchrun", run_torchrun, cap_s=75, floor_s=30),
-    Section("official", "our step vs the official MyModel", _worker_section("official"), 60, 25),
-    Section("head", "head vs naive layer", _worker_section("head"), cap_s=70, floor_s=30),
+    Section("pytest", "tests/test_cuda.py through pytest", run_pytest, cap_s=100, floor_s=30),
+    Section("train", "train.py: precision modes, resume", run_train, cap_s=180, floor_s=90),
+    Section("torchrun", "train.py under torchrun", run_torchrun, cap_s=60, floor_s=25),
+    Section("official", "our step vs the official MyModel", _worker_section("official"), 45, 25),
+    Section("head", "head vs naive layer", _worker_section("head"), cap_s=60, floor_s=30),
 )
 SECTION_NAMES = tuple(s.name for s in SECTIONS)
 

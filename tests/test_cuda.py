@@ -137,9 +137,8 @@ def test_cuda_predict_and_evaluate_commands_match_the_cpu(tmp_path, capsys):
         argv += ["--device", device, "--workers", "0", "--no-progress", "--threshold", "0"]
         assert main([*argv, "--output", str(out)]) == 0, capsys.readouterr().err
         rows = [json.loads(line) for line in out.read_text().splitlines()]
-        probs[device] = torch.tensor(
-            [[dict(zip(r["indices"], r["probabilities"]))[c] for c in range(20)] for r in rows]
-        )
+        by_class = [dict(zip(r["indices"], r["probabilities"], strict=True)) for r in rows]
+        probs[device] = torch.tensor([[p[c] for c in range(20)] for p in by_class])
         metrics = tmp_path / f"metrics-{device}.json"
         argv = ["evaluate", str(saved), str(tmp_path / "val.txt"), "--images", str(tmp_path)]
         argv += ["--device", device, "--workers", "0", "--output", str(metrics)]

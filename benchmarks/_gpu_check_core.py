@@ -112,7 +112,7 @@ FULL = Sizes(
     head_tokens=196,
     head_kwargs={},
     head_token_dim=2048,
-    head_target_s=0.6,
+    head_target_s=0.3,
 )
 
 TINY_HEAD = {"embed_dim": 32, "num_heads": 2, "head_dim": 8, "mlp_hidden_dim": 24}

@@ -46,7 +46,8 @@ def _pytest(entry: dict[str, Any]) -> list[str]:
         [[str(counts.get(k, "-")) for k in ("passed", "failed", "error", "skipped")]],
     )
     for failure in entry.get("failures", []):
-        lines.append(f"- **{failure['outcome']}** `{failure['test']}`: {failure['message'][:200]}")
+        message = " ".join(failure["message"].split())[:200]
+        lines.append(f"- **{failure['outcome']}** `{failure['test']}`: {message}")
     return lines
 
 

@@ -453,6 +453,11 @@ def test_read_junit_counts_outcomes_and_names_failures(tmp_path):
         '<testcase classname="tests.test_cuda" name="test_d"><error message="fixture"/>'
         "</testcase></testsuite></testsuites>"
     )
+    verbose = _gpu_check_pytest.read_verbose(
+        "tests/test_cuda.py::test_a PASSED [ 50%]\ntests/test_cuda.py::test_b FAILED [100%]\n"
+    )
+    assert verbose["counts"] == {"passed": 1, "failed": 1, "error": 0, "skipped": 0}
+    assert verbose["failures"][0]["test"] == "tests/test_cuda.py::test_b"
     result = _gpu_check_pytest.read_junit(path)
     assert result["counts"] == {"passed": 1, "failed": 1, "error": 1, "skipped": 1}
     assert result["failures"] == [

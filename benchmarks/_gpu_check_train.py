@@ -1,11 +1,12 @@
-"""``gpu_check.py``'s sections that run ``examples/train.py``: precision modes, resume, torchrun.
+"""``gpu_check.py``'s section 2: ``examples/train.py`` in every precision mode, and resume.
 
 The data is generated once per run: long-tailed multi-label digit composites
 (:func:`cprfl_zoo.synthetic.make_digit_composites`, 10 classes) at ``Sizes.image_side`` pixels,
 saved as JPEG files in the image-list format train.py reads (``--train-list``, ``--test-list``,
 ``--image-root``, ``--classes``). train.py has no step limit, so the training list repeats the
 files until it holds ``steps x batch`` lines. Every run goes through ``_train_runner.py``, which
-records the loss of every step, the epoch times and the peak memory (see its docstring).
+records the loss of every step, the epoch times and the peak memory (see its docstring). The
+data and the run helpers here serve section 3 (``_gpu_check_torchrun.py``) too.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def train_argv(
     return [str(a) for a in argv]
 
 
-def _run_plan(
+def run_plan(
     ctx: Context,
     plan: list[dict[str, Any]],
     name: str,
@@ -200,12 +201,12 @@ def summarize_run(entry: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _item_timeout(ctx: Context, need_later: float, need_now: float) -> float | None:
+def item_timeout(ctx: Context, need_later: float, need_now: float) -> float | None:
     left = ctx.left() - need_later
     return left if left >= need_now else None
 
 
-def _scale(ctx: Context) -> float:
+def time_scale(ctx: Context) -> float:
     return 1.0 if ctx.device == "cuda" else 0.2
 
 
@@ -223,7 +224,7 @@ def run_precision_modes(ctx: Context, data: TrainData) -> list[dict[str, Any]]:
 
     Each mode's timeout leaves the later modes and the resume check their minimum time.
     """
-    sizes, scale = ctx.sizes, _scale(ctx)
+    sizes, scale = ctx.sizes, time_scale(ctx)
     names = [name for name, _ in PRECISION_MODES]
     runnable = [(n, f) for n, f in PRECISION_MODES if sizes.compile_mode or "--compile" not in f]
 
@@ -244,13 +245,13 @@ def run_precision_modes(ctx: Context, data: TrainData) -> list[dict[str, Any]]:
     groups = [runnable] if sizes.group_modes else [[m] for m in runnable]
     for group in groups:
         later = sum(need(f) for n, f in runnable if names.index(n) > names.index(group[-1][0]))
-        timeout = _item_timeout(ctx, later + MIN_RESUME_S * scale, sum(need(f) for _, f in group))
+        timeout = item_timeout(ctx, later + MIN_RESUME_S * scale, sum(need(f) for _, f in group))
         tag = "+".join(n for n, _ in group) if len(group) > 1 else group[0][0]
         if timeout is None:
             continue
         ctx.log(f"[gpu_check]   train.py {tag} ({timeout:.0f} s at most)")
         plan = [{"name": mode, "argv": argv(mode, flags)} for mode, flags in group]
-        result, ranks = _run_plan(ctx, plan, tag.replace("+", "_"), timeout)
+        result, ranks = run_plan(ctx, plan, tag.replace("+", "_"), timeout)
         entries = {e["name"]: e for e in ranks.get(0, [])}
         for mode, flags in group:
             rows[mode] = _mode_row(mode, flags, result, entries.get(mode, {}))
@@ -283,7 +284,7 @@ def resume_check(ctx: Context, data: TrainData, worker_count: int | None = None)
     The three runs share one process with deterministic kernels; the runs use bf16 autocast
     and the precision modes' loader workers (``worker_count`` overrides them).
     """
-    timeout = _item_timeout(ctx, 0.0, MIN_RESUME_S * _scale(ctx))
+    timeout = item_timeout(ctx, 0.0, MIN_RESUME_S * time_scale(ctx))
     if timeout is None:
         return {"status": "skipped", "reason": "time budget"}
     steps = ctx.sizes.resume_steps
@@ -302,7 +303,7 @@ def resume_check(ctx: Context, data: TrainData, worker_count: int | None = None)
         {"name": "resumed", "argv": argv("b", "--resume", str(root / "b" / "checkpoint-last.pth"))},
     ]
     ctx.log(f"[gpu_check]   resume check {tag} ({timeout:.0f} s at most)")
-    result, ranks = _run_plan(
+    result, ranks = run_plan(
         ctx,
         plan,
         tag,
@@ -351,68 +352,3 @@ def run_train(ctx: Context) -> dict[str, Any]:
     bad = [m for m in ran if m["status"] != "ok"] + [resume] * (resume["status"] != "ok")
     out["status"] = "ok" if ran and not bad else ("failed" if ran else "skipped")
     return out
-
-
-def run_torchrun(ctx: Context) -> dict[str, Any]:
-    """Section 3: train.py under torchrun: 1 process (NCCL on CUDA), then 2 on one device.
-
-    Two NCCL ranks on one GPU are tried first; where NCCL refuses them, gloo on the CUDA
-    tensors. On the CPU the backend is gloo. Each run checks the world size, the backend and
-    that every rank ends with the same weights.
-    """
-    data = make_data(ctx)
-    cuda = ctx.device == "cuda"
-    plans: list[tuple[str, int, str | None, bool]] = [
-        ("nccl-1proc" if cuda else "gloo-1proc", 1, None, False),
-        ("nccl-2proc-1gpu" if cuda else "gloo-2proc", 2, "nccl" if cuda else None, cuda),
-    ]
-    runs: list[dict[str, Any]] = []
-    while plans:
-        name, procs, backend, share = plans.pop(0)
-        row: dict[str, Any] = {"name": name, "procs": procs, "backend_asked": backend or "default"}
-        runs.append(row)
-        # The NCCL attempt on one GPU leaves the gloo fallback its time.
-        reserve = 25.0 * _scale(ctx) if name == "nccl-2proc-1gpu" else 0.0
-        timeout = _item_timeout(ctx, reserve, 15.0 * _scale(ctx))
-        if timeout is None:
-            row.update(status="skipped", reason="time budget")
-            continue
-        steps = ctx.sizes.ddp_steps
-        out = ctx.work / "ddp" / name
-        argv = [*train_argv(ctx, data, out, steps, 1, procs=procs), "--amp", "bf16"]
-        flags = (("--backend", backend) if backend else ()) + (("--share-device",) * share)
-        ctx.log(f"[gpu_check]   torchrun {name} ({timeout:.0f} s at most)")
-        result, ranks = _run_plan(
-            ctx, [{"name": name, "argv": argv}], name, timeout,
-            torchrun=procs, runner_flags=flags,
-        )  # fmt: skip
-        entries = {r: (v or [{}])[0] for r, v in ranks.items()}
-        row["ranks"] = {
-            r: {k: e.get(k) for k in ("world_size", "backend", "device", "model_sha256", "error")}
-            for r, e in entries.items()
-        }
-        if 0 in entries:
-            row.update(summarize_run(entries[0]))
-        checks = {
-            "all_ranks_reported": sorted(entries) == list(range(procs)),
-            "world_size": all(e.get("world_size") == procs for e in entries.values()),
-            "same_weights": len({e.get("model_sha256") for e in entries.values()}) == 1,
-            "steps": all(e.get("optimizer_steps") == [steps] for e in entries.values()),
-        }
-        row["checks"] = checks
-        if procs == 1 and entries.get(0, {}).get("backend") is None:
-            row["note"] = (
-                "no process group: timm's init_distributed_device starts one only when "
-                "WORLD_SIZE > 1, so train.py ran as one plain process (NCCL unused)"
-            )
-        ok = result.returncode == 0 and all(checks.values())
-        row["status"] = "ok" if ok else ("timeout" if result.timed_out else "failed")
-        if not ok:
-            row["command"] = result.as_dict()
-        if not ok and name == "nccl-2proc-1gpu":
-            plans.append(("gloo-2proc-1gpu", 2, "gloo", True))
-        shutil.rmtree(out, ignore_errors=True)
-    # NCCL refusing two ranks on one GPU is expected; the gloo fallback then answers.
-    needed = [r for r in runs if r["name"] != "nccl-2proc-1gpu" or len(runs) == 2]
-    ok = all(r["status"] == "ok" for r in needed)
-    return {"status": "ok" if ok else "failed", "runs": runs}

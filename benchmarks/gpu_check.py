@@ -58,7 +58,8 @@ from _gpu_check_core import (  # noqa: E402
 )
 from _gpu_check_pytest import run_pytest  # noqa: E402
 from _gpu_check_report import format_markdown  # noqa: E402
-from _gpu_check_train import run_torchrun, run_train  # noqa: E402
+from _gpu_check_torchrun import run_torchrun  # noqa: E402
+from _gpu_check_train import run_train  # noqa: E402
 
 SCHEMA = "cprfl_zoo.benchmarks.gpu_check/1"
 RESULTS_DIR = Path(_HERE) / "results"

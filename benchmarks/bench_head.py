@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -58,19 +59,39 @@ def _estimate_naive_gib(batch: int, v: int, classes: int, dtype_bytes: int) -> f
     return 2 * batch * 8 * n * n * dtype_bytes / 2**30
 
 
-def _run_case(
-    impl: str, batch: int, v: int, classes: int, device: str, dtype: str, reps: int, warmup: bool
-) -> dict[str, float]:
+def build_head_model(
+    classes: int,
+    device: torch.device,
+    head_kwargs: dict[str, int] | None = None,
+    token_dim: int = 2048,
+    text_dim: int = 1024,
+) -> Any:
+    """A CPRFL head on :class:`TokenBackbone` tokens, training mode, VSI dropout off.
+
+    Args:
+        classes: Number of classes C (random class embeddings, seed 0).
+        device: Where the model goes.
+        head_kwargs: CPRFL head arguments (default: the paper's sizes).
+        token_dim: Width d0 of the tokens fed to the head.
+        text_dim: Width of the random class embeddings.
+    """
     from cprfl_zoo.model import CPRFL
 
     torch.manual_seed(0)
-    dev = torch.device(device)
-    amp_dtype = getattr(torch, dtype)
     backbone = TokenBackbone()
-    model = CPRFL(backbone, [f"c{i}" for i in range(classes)], torch.randn(classes, 1024))
-    model.to(dev).train()
+    backbone.num_features = token_dim
+    names = [f"c{i}" for i in range(classes)]
+    model = CPRFL(backbone, names, torch.randn(classes, text_dim), **(head_kwargs or {}))
+    model.to(device).train()
     model.vsi.apply(lambda m: setattr(m, "p", 0.0) if isinstance(m, torch.nn.Dropout) else None)
-    tokens = torch.randn(batch, v, 2048, device=dev)
+    return model
+
+
+def head_step(
+    model: Any, impl: str, tokens: torch.Tensor, amp_dtype: torch.dtype
+) -> Callable[[], None]:
+    """One forward + backward of ``impl`` (one of :data:`IMPLS`) on ``tokens``, as a callable."""
+    dev = tokens.device
 
     def step() -> None:
         with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
@@ -80,6 +101,17 @@ def _run_case(
                 logits = _naive_logits(model, tokens, fused=impl == "naive-sdpa")
         logits.float().sum().backward()
         model.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _run_case(
+    impl: str, batch: int, v: int, classes: int, device: str, dtype: str, reps: int, warmup: bool
+) -> dict[str, float]:
+    dev = torch.device(device)
+    model = build_head_model(classes, dev)
+    tokens = torch.randn(batch, v, 2048, device=dev)
+    step = head_step(model, impl, tokens, getattr(torch, dtype))
 
     if warmup:
         step()

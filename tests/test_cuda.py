@@ -96,3 +96,67 @@ def test_cuda_deploy_matches_the_model_in_every_dtype(dtype):
     tol = {torch.float32: 1e-4, torch.float64: 1e-10}.get(dtype, 5e-2)
     torch.testing.assert_close(got.double(), expected.double(), rtol=tol, atol=tol)
     assert deployed.thresholds.dtype == torch.float32
+
+
+# ---------------------------------------------------------------------- deploy, export, predict
+DEVICE = "cuda"
+
+
+def test_cuda_deploy_matches_the_eval_model_on_the_gpu():
+    model = _model(drop_rate=0.0).eval()
+    deployed = model.deploy()
+    where = {t.device.type for t in [*deployed.parameters(), *deployed.buffers()]}
+    assert where == {torch.device(DEVICE).type}, f"deploy() left tensors on {where}"
+    x = torch.randn(3, 3, 96, 96, device=DEVICE)
+    with torch.no_grad():
+        assert rel_err(deployed(x), model(x)) < 1e-5
+
+
+def test_cuda_model_exports_to_onnx_with_the_same_logits(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from cprfl_zoo.export import export_onnx
+
+    model = _model(drop_rate=0.0).eval()
+    path = export_onnx(model, tmp_path / "model.onnx", input_size=(3, 64, 64))
+    x = torch.randn(2, 3, 64, 64)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"images": x.numpy()})
+    with torch.no_grad():
+        expected = model(x.to(DEVICE)).cpu()
+    assert rel_err(torch.from_numpy(logits), expected) < 1e-4
+
+
+def test_cuda_predict_and_evaluate_commands_match_the_cpu(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from cprfl_zoo.cli import main
+
+    model = _model(drop_rate=0.0).eval()
+    model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(3, 64, 64), crop_pct=1.0)
+    saved = model.cpu().save_pretrained(tmp_path / "model")
+    g = torch.Generator().manual_seed(0)
+    lines = []
+    for i in range(4):
+        pixels = (torch.rand(48, 56, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(tmp_path / f"img{i}.png")
+        lines.append(f"img{i}.png {i} {i + 5}")
+    (tmp_path / "val.txt").write_text("\n".join(lines) + "\n")
+    probs = {}
+    for device in ("cpu", DEVICE):
+        out = tmp_path / f"preds-{device}.jsonl"
+        argv = ["predict", str(saved), *(str(tmp_path / f"img{i}.png") for i in range(4))]
+        argv += ["--device", device, "--workers", "0", "--no-progress", "--threshold", "0"]
+        assert main([*argv, "--output", str(out)]) == 0, capsys.readouterr().err
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        by_class = [dict(zip(r["indices"], r["probabilities"], strict=True)) for r in rows]
+        probs[device] = torch.tensor([[p[c] for c in range(20)] for p in by_class])
+        metrics = tmp_path / f"metrics-{device}.json"
+        argv = ["evaluate", str(saved), str(tmp_path / "val.txt"), "--images", str(tmp_path)]
+        argv += ["--device", device, "--workers", "0", "--output", str(metrics)]
+        assert main(argv) == 0, capsys.readouterr().err
+    assert rel_err(probs[DEVICE], probs["cpu"]) < 1e-4
+    cpu_map = json.loads((tmp_path / "metrics-cpu.json").read_text())["metrics"]["mAP"]
+    gpu_map = json.loads((tmp_path / f"metrics-{DEVICE}.json").read_text())["metrics"]["mAP"]
+    assert gpu_map == pytest.approx(cpu_map, abs=1e-3)

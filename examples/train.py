@@ -882,7 +882,10 @@ def build_loaders(
         "batch_size": args.batch_size,
         "num_workers": args.workers,
         "pin_memory": ctx.device.type == "cuda",
-        "persistent_workers": args.workers > 0,
+        # Workers start afresh each epoch, seeded from the per-epoch seed (seed_epoch), so a
+        # resumed run augments exactly as the uninterrupted one; persistent workers would keep
+        # the random state of the epoch they started in.
+        "persistent_workers": False,
     }
     train_loader = DataLoader(train_set, sampler=samplers[0], drop_last=True, **common)
     test_loader = DataLoader(test_set, sampler=samplers[1], **common)

@@ -237,6 +237,20 @@ def test_train_resume_reproduces_the_uninterrupted_run(train_script, trained, tm
     assert a["history"] == b["history"]
 
 
+def test_resume_with_loader_workers_reproduces_the_uninterrupted_run(train_script, tmp_path):
+    # loader workers draw the augmentations: a resumed run must seed them as the first run did
+    base = [*TINY_TRAIN, "--epochs", "2"]
+    base[base.index("--workers") + 1] = "2"
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert train_script.main([*base, "--output", str(straight)]) == 0
+    assert train_script.main([*base, "--output", str(split), "--stop-after-epoch", "1"]) == 0
+    resume = ["--resume", str(split / "checkpoint-last.pth")]
+    assert train_script.main([*base, "--output", str(split), *resume]) == 0
+    a, b = load_checkpoint(straight), load_checkpoint(split)
+    assert_same_state(a["model"], b["model"])  # bit for bit
+    assert a["history"] == b["history"]
+
+
 def test_resume_refuses_changed_schedule_and_foreign_files(train_script, trained, tmp_path):
     ckpt = trained / "checkpoint-last.pth"
     base = [*TINY_TRAIN, "--output", str(tmp_path / "out")]

@@ -61,7 +61,7 @@ def build_models(
         "resnet101",
         class_names=names,
         text_embeddings=torch.randn(len(names), TEXT_DIM),
-        pretrained_backbone=False,
+        pretrained=False,
         **head,
     )
     if sizes.official_trainable:
@@ -72,7 +72,7 @@ def build_models(
         models["ours-trainable"] = create_cprfl(
             "resnet101",
             class_names=names,
-            pretrained_backbone=False,
+            pretrained=False,
             text_encoder=CLIP_MODEL,
             text_pretrained=str(checkpoint),
             trainable_text_encoder=True,

@@ -227,6 +227,10 @@ def evaluate_logits(
 ) -> dict[str, float]:
     """Compute mAP (head/medium/tail too) and OP/OR/OF1/CP/CR/CF1 at per-class thresholds.
 
+    A label counts as predicted when its float32 ``sigmoid`` is ``>=`` its float32 threshold, as
+    :func:`cprfl_zoo.predict.predict` decides. The metrics work in chunks of classes or images,
+    so memory stays bounded on large evaluation sets.
+
     Args:
         logits: ``(N, C)`` logits.
         targets: ``(N, C)`` multi-hot targets.
@@ -237,15 +241,17 @@ def evaluate_logits(
         Percentages keyed ``mAP``, ``mAP_head``, ..., ``OP``, ``OR``, ``OF1``, ``CP``, ``CR``,
         ``CF1``.
     """
+    import torch
+
     from ..metrics import long_tail_map, long_tail_split, mean_average_precision, threshold_metrics
 
     if class_counts is not None:
         results = long_tail_map(logits, targets, long_tail_split(class_counts)).as_dict()
     else:
         results = {"mAP": mean_average_precision(logits, targets).map}
-    # prob >= t_i  <=>  prob - t_i >= 0: one threshold_metrics call with per-class thresholds
-    shifted = logits.sigmoid() - thresholds.to(logits)[None]
-    results.update(threshold_metrics(shifted, targets, threshold=0.0).as_dict())
+    # float32 sigmoid against float32 thresholds, as predict compares them
+    limits = thresholds.to(torch.float32)
+    results.update(threshold_metrics(logits, targets, threshold=limits, from_logits=True).as_dict())
     return {k: 100 * v for k, v in results.items()}
 
 

@@ -18,6 +18,7 @@ ONNX export needs the ``onnx`` extra (``pip install "cprfl-zoo[onnx]"``: onnx, o
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from torch import nn
 from ._version import __version__
 from .deploy import DeployedCPRFL
 from .fileio import atomic_path, atomic_write_bytes
+from .pt2_archive import check_loadable, read_extra_json
 
 _logger = logging.getLogger(__name__)
 
@@ -176,10 +178,14 @@ def export_pt2(
 
 
 def load_pt2(path: str | os.PathLike[str]) -> tuple[torch.export.ExportedProgram, dict[str, Any]]:
-    """Load a .pt2 file written by :func:`export_pt2`.
+    """Load a .pt2 file written by :func:`export_pt2`, refusing one that would run code.
 
-    ``torch.export.load`` may unpickle objects stored in the archive, so, as with any pickle,
-    load only .pt2 files from sources you trust (ONNX files hold no code).
+    ``torch.export.load`` may unpickle objects stored in the archive (and retries the sample
+    inputs with ``weights_only=False``), load compiled libraries and ``eval`` expressions of
+    the graph. The file is read once and checked by :func:`cprfl_zoo.pt2_archive.check_loadable`
+    before torch sees those same bytes: an archive with a pickled or compiled payload, sample
+    inputs the safe unpickler refuses, guard code or a symbolic expression that is not shape
+    arithmetic is refused, so nothing in it runs.
 
     Args:
         path: The file.
@@ -187,15 +193,40 @@ def load_pt2(path: str | os.PathLike[str]) -> tuple[torch.export.ExportedProgram
     Returns:
         The exported program and its metadata (``class_names`` and ``thresholds`` as lists,
         ``preprocessing`` as a dict).
+
+    Raises:
+        ValueError: If the file is not a .pt2 archive written by :func:`export_pt2`, or holds
+            a payload that would run code (:class:`~cprfl_zoo.pt2_archive.UnsafeArchiveError`).
     """
-    extra = {METADATA_FILE: ""}
-    program = torch.export.load(path, extra_files=extra)
-    raw = extra[METADATA_FILE]
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8")
-    if not raw:
-        raise ValueError(f"{path} is a torch.export file without cprfl_zoo metadata")
-    return program, _decode(json.loads(raw))
+    data = Path(path).read_bytes()
+    check_loadable(data, str(path))
+    metadata = _pt2_metadata(data, str(path))
+    try:
+        program = torch.export.load(io.BytesIO(data))
+    except (RuntimeError, AssertionError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: torch.export could not load the program ({e})") from e
+    return program, metadata
+
+
+def _pt2_metadata(data: bytes, source: str) -> dict[str, Any]:
+    return _checked_metadata(read_extra_json(data, METADATA_FILE, source), source)
+
+
+def _checked_metadata(metadata: Any, source: str) -> dict[str, Any]:
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise ValueError(f"{source}: the cprfl_zoo metadata is not a map of strings")
+    missing = [key for key in ("class_names", "thresholds") if key not in metadata]
+    if missing:
+        raise ValueError(
+            f"{source} carries no cprfl_zoo metadata ({missing} missing); export it with "
+            "cprfl_zoo.export"
+        )
+    try:
+        return _decode(metadata)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"{source}: bad JSON in the cprfl_zoo metadata ({e})") from None
 
 
 def export_onnx(
@@ -257,7 +288,11 @@ def export_onnx(
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read the cprfl_zoo metadata of an exported .onnx or .pt2 file.
+    """Read the cprfl_zoo metadata of an exported .onnx or .pt2 file, running nothing.
+
+    The kind of file is decided by its content, whatever its name (``X.ONNX``, ``X.bin``): a
+    zip archive is read as .pt2, with :mod:`zipfile` (``extra/cprfl_zoo.json``; nothing is
+    unpickled and torch.export is not called), anything else as ONNX (without external data).
 
     Args:
         path: The file.
@@ -265,15 +300,29 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     Returns:
         The metadata, with ``class_names`` and ``thresholds`` as lists and ``preprocessing`` as
         a dict.
+
+    Raises:
+        ValueError: If the file is neither a .pt2 archive nor an ONNX model, or carries no
+            cprfl_zoo metadata (the message names the file).
+        ImportError: If an ONNX file is read without the ``onnx`` package.
     """
     path = Path(path)
-    if path.suffix == ".onnx":
-        _require_onnx("onnx")
-        import onnx
+    data = path.read_bytes()
+    if data[:4] in (b"PK\x03\x04", b"PK\x05\x06"):  # a zip archive: .pt2
+        return _pt2_metadata(data, str(path))
+    if path.suffix.lower() == ".pt2":
+        raise ValueError(f"{path}: not a torch.export .pt2 file (not a zip archive)")
+    _require_onnx("onnx")
+    import onnx
+    from google.protobuf.message import DecodeError
 
-        proto = onnx.load(str(path), load_external_data=False)
-        return _decode({p.key: p.value for p in proto.metadata_props})
-    return load_pt2(path)[1]
+    try:
+        proto = onnx.load_model_from_string(data)
+    except (DecodeError, ValueError, RuntimeError) as e:
+        raise ValueError(
+            f"{path}: neither an ONNX model nor a .pt2 archive ({type(e).__name__}: {e})"
+        ) from None
+    return _checked_metadata({p.key: p.value for p in proto.metadata_props}, str(path))
 
 
 def export_model(

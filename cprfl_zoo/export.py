@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,12 +40,16 @@ _logger = logging.getLogger(__name__)
 __all__ = [
     "EXPORT_FORMATS",
     "METADATA_FILE",
+    "MIN_OPSET",
+    "check_opset",
+    "check_suffix",
     "export_metadata",
     "export_model",
     "export_onnx",
     "export_program",
     "export_pt2",
     "load_pt2",
+    "max_opset",
     "read_metadata",
 ]
 
@@ -53,6 +58,7 @@ METADATA_FILE = "cprfl_zoo.json"
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 18
+MIN_OPSET = 17
 _PREPROCESSING_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
 _JSON_KEYS = ("class_names", "thresholds", "preprocessing")
 # Files are for serving: readable by everyone, like the model folders save_pretrained writes.
@@ -76,6 +82,15 @@ def _input_size(module: DeployedCPRFL, input_size: Sequence[int] | None) -> tupl
         raise ValueError(
             "the model's pretrained_cfg has no input_size; pass input_size=(C, H, W) "
             "(--input-size on the command line)"
+        )
+    if isinstance(size, (str, bytes)) or not isinstance(size, Sequence):
+        raise ValueError(f"input_size must be (C, H, W) or (H, W) of positive ints, got {size!r}")
+    bad = [s for s in size if isinstance(s, bool) or not isinstance(s, numbers.Integral)]
+    if bad:
+        # int(159.7) would export at 159 without a word
+        raise ValueError(
+            f"input_size must be (C, H, W) or (H, W) of positive ints, got {tuple(size)} "
+            f"({bad[0]!r} is not an integer)"
         )
     size = tuple(int(s) for s in size)
     if len(size) == 2:
@@ -244,18 +259,18 @@ def export_onnx(
         model: A CPRFL model (deployed first) or its :class:`~cprfl_zoo.deploy.DeployedCPRFL`.
         path: The file to write (atomically).
         input_size: Image size (C, H, W); default the model's ``input_size``.
-        opset: ONNX opset version (at least 17).
+        opset: ONNX opset version, from :data:`MIN_OPSET` (17) to :func:`max_opset`.
 
     Returns:
         The path written.
 
     Raises:
         ImportError: If onnx or onnxscript is missing (the ``onnx`` extra).
-        ValueError: For an opset below 17, or a model too large for one ONNX file (2 GiB).
+        ValueError: For an opset outside the supported range (see :func:`check_opset`), a bad
+            ``input_size``, or a model too large for one ONNX file (2 GiB).
     """
-    if opset < 17:
-        raise ValueError(f"opset must be at least 17 (LayerNormalization), got {opset}")
     _require_onnx()
+    check_opset(opset)
     import onnx
 
     module = _deployed(model)
@@ -271,6 +286,9 @@ def export_onnx(
         verbose=False,
     )
     proto = program.model_proto
+    written = [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")]
+    if written != [opset]:  # the exporter falls back to its default when it cannot convert
+        raise ValueError(f"the ONNX exporter wrote opset {written} instead of {opset}")
     onnx.helper.set_model_props(proto, export_metadata(module, input_size))
     proto.doc_string = (
         f"CPRFL (cprfl_zoo {__version__}), {module.num_classes} classes: {OUTPUT_NAME} are raw "
@@ -285,6 +303,50 @@ def export_onnx(
     atomic_write_bytes(path, data, mode=_FILE_MODE)
     _logger.info("wrote %s (ONNX opset %d, %d classes)", path, opset, module.num_classes)
     return Path(path)
+
+
+def max_opset() -> int | None:
+    """The highest ONNX opset the installed exporter converts to, or ``None`` without onnxscript.
+
+    torch's dynamo exporter converts its graph with onnxscript's version converter, which
+    supports opsets up to a limit (25 with onnxscript 0.7); asked for more, it logs a traceback
+    and falls back to opset 18.
+
+    Returns:
+        The limit, or ``None`` if onnx / onnxscript are not installed.
+    """
+    try:
+        import onnx
+        from onnxscript.version_converter import _version_converter
+    except ImportError:
+        return None
+    limit = onnx.defs.onnx_opset_version()
+    return min(limit, getattr(_version_converter, "SUPPORTED_MAX_ONNX_OPSET", limit))
+
+
+def check_opset(opset: Any) -> int:
+    """Check an ONNX opset for :func:`export_onnx`.
+
+    Args:
+        opset: The requested opset.
+
+    Returns:
+        The opset.
+
+    Raises:
+        ValueError: If it is not an integer from :data:`MIN_OPSET` (17, for LayerNormalization)
+            to :func:`max_opset`.
+    """
+    high = max_opset()
+    supported = f"{MIN_OPSET} to {high}" if high is not None else f"at least {MIN_OPSET}"
+    if isinstance(opset, bool) or not isinstance(opset, numbers.Integral):
+        raise ValueError(f"opset must be an integer ({supported}), got {opset!r}")
+    if opset < MIN_OPSET or (high is not None and opset > high):
+        raise ValueError(
+            f"opset {opset} is not supported: the ONNX export takes {supported} (17 for "
+            "LayerNormalization; the maximum is what the installed onnxscript converts to)"
+        )
+    return int(opset)
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -343,12 +405,38 @@ def export_model(
 
     Returns:
         The path written.
+
+    Raises:
+        ValueError: For an unknown format, or a suffix naming the other one (``m.onnx`` with
+            ``format="pt2"``).
     """
+    check_suffix(path, format)
     if format == "onnx":
         return export_onnx(model, path, input_size, opset)
     if format == "pt2":
         return export_pt2(model, path, input_size)
     raise ValueError(f"unknown export format {format!r}; expected one of {EXPORT_FORMATS}")
+
+
+def check_suffix(path: str | os.PathLike[str], format: str) -> None:
+    """Refuse a file name whose suffix names the other export format (``m.onnx`` for pt2).
+
+    Args:
+        path: The file to write.
+        format: ``"onnx"`` or ``"pt2"``.
+
+    Raises:
+        ValueError: If ``format`` is unknown, or ``path`` ends in ``.onnx`` / ``.pt2`` (in any
+            case) and that is not ``format``.
+    """
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {format!r}; expected one of {EXPORT_FORMATS}")
+    suffix = Path(path).suffix.lower()
+    if suffix[1:] in EXPORT_FORMATS and suffix[1:] != format:
+        raise ValueError(
+            f"{path} is named {suffix} but the format is {format}; name it .{format} or pick "
+            f"format {suffix[1:]!r}"
+        )
 
 
 def _require_onnx(*names: str) -> None:

@@ -64,19 +64,27 @@ def validate_thresholds(values: Any, num_classes: int, what: str = "thresholds")
 
     Raises:
         ValueError: If a value is not a finite number in [0, 1] (the message names its
-            position) or the length is not ``num_classes``.
+            position), the length is not ``num_classes``, an array or tensor is not 1-D, or a
+            tensor is on the meta device.
     """
     if isinstance(values, numbers.Real) and not isinstance(values, bool):
-        values = [float(values)] * num_classes
+        values = [values] * num_classes  # any real number, numpy scalars included
     if isinstance(values, Tensor):
+        if values.is_meta:
+            raise ValueError(f"{what} is a tensor on the meta device, which holds no values")
         if values.ndim != 1 or values.is_complex():
             raise ValueError(
                 f"{what} must be a 1-D real tensor of {num_classes} values, got shape "
                 f"{tuple(values.shape)} and dtype {values.dtype}"
             )
         values = values.detach().cpu().tolist()
-    elif hasattr(values, "tolist") and not isinstance(values, (str, bytes)):
-        values = values.tolist()  # numpy arrays
+    elif hasattr(values, "tolist") and not isinstance(values, (str, bytes)):  # numpy arrays
+        shape = tuple(getattr(values, "shape", ()))
+        if len(shape) != 1:
+            raise ValueError(
+                f"{what} must be a 1-D array of {num_classes} values, got shape {shape}"
+            )
+        values = values.tolist()
     if isinstance(values, (str, bytes, bytearray)) or not isinstance(values, Sequence):
         raise ValueError(
             f"{what} must be a number or a sequence of {num_classes} numbers in [0, 1], got "
@@ -91,10 +99,14 @@ def validate_thresholds(values: Any, num_classes: int, what: str = "thresholds")
     for i, value in enumerate(values):
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ValueError(f"{what}[{i}] is {value!r} ({type(value).__name__}), not a number")
-        value = float(value)
+        try:
+            value = float(value)
+            shown = repr(value)
+        except OverflowError:  # an int like 10**400
+            value, shown = math.inf, f"{str(value)[:12]}... (too large for a float)"
         if not (math.isfinite(value) and 0.0 <= value <= 1.0):
             raise ValueError(
-                f"{what}[{i}] is {value!r}; thresholds are probabilities in [0, 1] (applied to "
+                f"{what}[{i}] is {shown}; thresholds are probabilities in [0, 1] (applied to "
                 "sigmoid(logits), not to the logits)"
             )
         out.append(value)

@@ -3,6 +3,8 @@ runs are in tests/test_predict.py)."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from conftest import random_problem
@@ -36,3 +38,60 @@ def test_evaluate_logits_chunked_equals_unchunked(monkeypatch) -> None:
     whole = evaluate_logits(logits, targets, thresholds, counts)
     monkeypatch.setattr(chunks, "CHUNK_ELEMENTS", 9)
     assert evaluate_logits(logits, targets, thresholds, counts) == whole
+
+
+# ---------------------------------------------------------------------- calibrate --output
+@pytest.fixture(scope="module")
+def saved_and_images(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny saved model and a two-image list whose images have no label at all."""
+    from conftest import tiny_cprfl
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("calibrate")
+    model = tiny_cprfl(["cat", "dog"])
+    model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(3, 32, 32), crop_pct=1.0)
+    saved = model.save_pretrained(root / "model")
+    (root / "images").mkdir()
+    for i in range(2):
+        Image.new("RGB", (40, 40), (60 * i, 90, 30)).save(root / "images" / f"{i}.png")
+    (root / "unlabelled.txt").write_text("0.png\n1.png\n")
+    return saved, root
+
+
+def _calibrate(saved, root, output, *extra):
+    from cprfl_zoo.cli import main
+
+    argv = ["calibrate", str(saved), str(root / "unlabelled.txt"), "--images", str(root / "images")]
+    return main([*argv, "--workers", "0", "--no-progress", "--output", str(output), *extra])
+
+
+def test_calibrate_without_positives_saves_nothing(saved_and_images, tmp_path, capsys) -> None:
+    # used to save 0.5 everywhere as a "calibrated" model (OF1 nan) that evaluate then trusted
+    saved, root = saved_and_images
+    assert _calibrate(saved, root, tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert "no image has a positive label" in err and "nothing was saved" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_calibrate_output_rules(saved_and_images, tmp_path, capsys) -> None:
+    saved, root = saved_and_images
+    before = {p.name: p.read_bytes() for p in saved.iterdir()}
+    cases = {
+        saved: "inside the folder of MODEL",  # over the model it reads
+        saved / "sub": "inside the folder of MODEL",
+        root: "holds files but no saved model",  # a data folder
+        root / "unlabelled.txt": "is a file; give a folder",
+    }
+    other = tmp_path / "other"
+    shutil.copytree(saved, other)
+    cases[other] = "already holds a saved model; pass --overwrite"
+    for output, message in cases.items():
+        assert _calibrate(saved, root, output) == 1, output
+        assert message in capsys.readouterr().err
+    # --overwrite replaces another saved model, never MODEL's folder or a data folder
+    assert _calibrate(saved, root, saved, "--overwrite") == 1
+    assert _calibrate(saved, root, root, "--overwrite") == 1
+    assert {p.name: p.read_bytes() for p in saved.iterdir()} == before
+    assert _calibrate(saved, root, other, "--overwrite") == 1  # refused later: no positives
+    assert "no image has a positive label" in capsys.readouterr().err

@@ -116,7 +116,7 @@ def test_pt2_round_trip_with_a_symbolic_batch(tmp_path: Path):
 def test_export_errors_are_clear(tmp_path: Path):
     model = make("cnn")
     deployed = model.deploy()
-    with pytest.raises(ValueError, match="opset must be at least 17"):
+    with pytest.raises(ValueError, match="opset 16 is not supported: the ONNX export takes 17 to"):
         export_onnx(deployed, tmp_path / "m.onnx", opset=16)
     with pytest.raises(ValueError, match="unknown export format 'tflite'"):
         export_model(deployed, tmp_path / "m.tflite", "tflite")
@@ -154,7 +154,7 @@ def test_cli_exports_a_saved_model(tmp_path: Path, capsys):
 
     assert main(["export", str(folder), "--output", str(tmp_path / "m.txt")]) == 1
     assert "pass --format onnx|pt2 or use a .onnx / .pt2 name" in capsys.readouterr().err
-    assert main(["export", str(tmp_path / "nope"), "--output", str(out)]) == 1
+    assert main(["export", str(tmp_path / "nope"), "--output", str(tmp_path / "new.pt2")]) == 1
     assert "not a folder; give a saved model folder" in capsys.readouterr().err
 
 
@@ -359,3 +359,21 @@ def test_read_metadata_decides_by_content_and_names_the_file(onnx_export, tmp_pa
         archive.writestr("a/b.txt", "hello")
     with pytest.raises(ValueError, match=r"plain.zip is a torch.export file without cprfl_zoo"):
         read_metadata(plain_zip)
+
+
+def test_export_input_size_and_opset_checks(tmp_path: Path):
+    deployed = make("cnn").deploy()
+    # (159.7, 160.2) used to export at 159 x 160 without a word
+    for size in ((159.7, 160.2), (3, 64.0, 64), ("64", "64"), (True, 64, 64), "64"):
+        with pytest.raises(ValueError, match="input_size must be"):
+            export_metadata(deployed, input_size=size)
+    import numpy as np
+
+    meta = export_metadata(deployed, input_size=(np.int64(32), 48))
+    assert json.loads(meta["preprocessing"])["input_size"] == [3, 32, 48]
+    for opset in (16, 30, 18.5):
+        with pytest.raises(ValueError, match="opset"):
+            export_onnx(deployed, tmp_path / "m.onnx", opset=opset)
+    with pytest.raises(ValueError, match=r"m.onnx is named .onnx but the format is pt2"):
+        export_model(deployed, tmp_path / "m.onnx", "pt2")
+    assert not list(tmp_path.iterdir())

@@ -7,6 +7,7 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -346,3 +347,29 @@ def test_a_class_with_exactly_min_positives_keeps_its_own_threshold() -> None:
 def test_calibration_without_classes_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match=r"shape \(4, 0\): no class to calibrate"):
         calibrate_thresholds(torch.zeros(4, 0), torch.zeros(4, 0))
+
+
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        # a (1, C) array used to read as one value: "has 1 values but the model has 4 classes"
+        (np.full((1, 4), 0.5), r"must be a 1-D array of 4 values, got shape \(1, 4\)"),
+        (np.array(0.5), r"1-D array of 4 values, got shape \(\)"),
+        (torch.full((4,), 0.5, device="meta"), r"tensor on the meta device"),
+        (10**400, r"thresholds\[0\] is 100000000000... \(too large for a float\)"),
+        ([0.5, 0.5, 10**400, 0.5], r"thresholds\[2\] is 100000000000... \(too large"),
+    ],
+    ids=["row-array", "0-d-array", "meta", "huge-int", "huge-int-in-list"],
+)
+def test_more_bad_thresholds_are_named(values, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        _model().set_thresholds(values)
+
+
+def test_numpy_scalars_are_thresholds() -> None:
+    model = _model()
+    for value in (np.float32(0.25), np.float64(0.25), np.float16(0.25)):
+        model.set_thresholds(value)
+        assert model.thresholds == [0.25] * 4
+    model.set_thresholds(np.array([0.1, 0.2, 0.3, 0.4], dtype=np.float32))
+    assert model.get_thresholds().tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4])

@@ -320,7 +320,14 @@ def add_calibrate(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     _add_list_args(p)
-    p.add_argument("--output", required=True, help="folder to save the calibrated model to")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="new or empty folder to save the calibrated model to (not MODEL's folder)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a model already saved in --output"
+    )
     p.add_argument(
         "--min-positives",
         type=positive_int,
@@ -332,14 +339,18 @@ def add_calibrate(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
-    from ..hub import CONFIG_NAME
     from ..thresholds import calibrate_thresholds
+    from ._outputs import check_output_folder
 
-    if Path(args.output, CONFIG_NAME).exists():
-        _logger.warning("--output %s already holds a saved model; replacing it", args.output)
+    check_output_folder("--output", args.output, args.model, args.overwrite)
     model = _load_for_inference(args)
     logits, targets = _list_logits(args, model)
     result = calibrate_thresholds(logits, targets, min_positives=args.min_positives)
+    if not bool(result.num_positives.any()):
+        raise CommandError(
+            f"{args.list_file}: no image has a positive label, so there is no F1 to calibrate "
+            f"on; nothing was saved to {args.output}"
+        )
     model.set_thresholds(result.as_list())
     model.cpu().save_pretrained(args.output)
     print(

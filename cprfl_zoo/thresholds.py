@@ -49,6 +49,9 @@ __all__ = [
 DEFAULT_THRESHOLD = 0.5
 """Probability threshold of every class of a model that was never calibrated."""
 
+KEEP_ALL_MARGIN_ULPS = 8
+"""Float32 steps below the lowest probability of a keep-every-sample calibrated threshold."""
+
 
 def validate_thresholds(values: Any, num_classes: int, what: str = "thresholds") -> list[float]:
     """Check per-class probability thresholds and return them as a list of floats.
@@ -170,10 +173,6 @@ def best_f1_thresholds(probs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         part = _float32_probabilities(probs[:, cols])
         thresholds[cols], best[cols] = _column_cuts(part, targets[:, cols].cpu())
     return thresholds, best
-
-
-KEEP_ALL_MARGIN_ULPS = 8
-"""Float32 steps below the lowest probability of a keep-every-sample threshold."""
 
 
 def _float32_probabilities(probs: Tensor) -> Tensor:

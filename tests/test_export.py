@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -114,7 +116,7 @@ def test_pt2_round_trip_with_a_symbolic_batch(tmp_path: Path):
 def test_export_errors_are_clear(tmp_path: Path):
     model = make("cnn")
     deployed = model.deploy()
-    with pytest.raises(ValueError, match="opset must be at least 17"):
+    with pytest.raises(ValueError, match="opset 16 is not supported: the ONNX export takes 17 to"):
         export_onnx(deployed, tmp_path / "m.onnx", opset=16)
     with pytest.raises(ValueError, match="unknown export format 'tflite'"):
         export_model(deployed, tmp_path / "m.tflite", "tflite")
@@ -152,7 +154,7 @@ def test_cli_exports_a_saved_model(tmp_path: Path, capsys):
 
     assert main(["export", str(folder), "--output", str(tmp_path / "m.txt")]) == 1
     assert "pass --format onnx|pt2 or use a .onnx / .pt2 name" in capsys.readouterr().err
-    assert main(["export", str(tmp_path / "nope"), "--output", str(out)]) == 1
+    assert main(["export", str(tmp_path / "nope"), "--output", str(tmp_path / "new.pt2")]) == 1
     assert "not a folder; give a saved model folder" in capsys.readouterr().err
 
 
@@ -203,3 +205,175 @@ def test_docs_deploy_and_export_examples(tmp_path: Path, monkeypatch):
     expected = torch.sigmoid(deployed(images)) >= deployed.thresholds
     assert labels == [[n for n, y in zip(NAMES, row, strict=True) if y] for row in expected]
     assert read_metadata("cprfl.onnx")["thresholds"] == pytest.approx(thresholds)
+
+
+# ---------------------------------------------------------------------- hostile files
+class _Planted:
+    """Unpickling this creates the file ``path``: the test's stand-in for running a command."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.fixture(scope="module")
+def pt2_bytes(tmp_path_factory) -> bytes:
+    path = tmp_path_factory.mktemp("pt2") / "model.pt2"
+    export_pt2(make("cnn"), path, input_size=(3, 32, 32))
+    return path.read_bytes()
+
+
+def _rewrite(data: bytes, change=lambda name, raw: raw, extra=()) -> bytes:
+    """The archive with each entry passed through ``change`` and ``extra`` entries added."""
+    import io
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w") as dst:
+        for name in src.namelist():
+            dst.writestr(name, change(name.split("/", 1)[1], src.read(name)))
+        for name, raw in extra:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # zipfile warns of a duplicate name: the test's
+                dst.writestr(name, raw)
+    return out.getvalue()
+
+
+def _pickled_sample_inputs(marker):
+    def change(name, raw):
+        return (
+            pickle.dumps(_Planted(marker), protocol=2)
+            if name == "data/sample_inputs/model.pt"
+            else raw
+        )
+
+    return change
+
+
+def _pickled_weight(marker):
+    def change(name, raw):
+        if name == "data/weights/model_weights_config.json":
+            config = json.loads(raw)
+            config["config"]["backbone.conv1.0.weight"]["use_pickle"] = True
+            return json.dumps(config).encode()
+        return (
+            pickle.dumps(_Planted(marker), protocol=2) if name == "data/weights/weight_0" else raw
+        )
+
+    return change
+
+
+def _evaluated_expression(marker):
+    symbol = "Symbol('s77', positive=True, integer=True)"
+
+    def change(name, raw):
+        if name == "models/model.json":
+            assert symbol.encode() in raw
+            return raw.replace(symbol.encode(), f"open('{marker}', 'w') and {symbol}".encode())
+        return raw
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("attack", "refusal"),
+    [
+        (_pickled_sample_inputs, r"sample inputs do not load with torch.load\(weights_only=True"),
+        (_pickled_weight, r"'backbone.conv1.0.weight' is stored with pickle"),
+        (_evaluated_expression, r"symbolic expression \"open\(.*not shape arithmetic"),
+    ],
+)
+def test_a_crafted_pt2_runs_no_code(attack, refusal, pt2_bytes, tmp_path: Path):
+    # each of these ran the planted call inside torch.export.load before (created the marker)
+    marker = tmp_path / "marker"
+    path = tmp_path / "evil.pt2"
+    path.write_bytes(_rewrite(pt2_bytes, attack(marker)))
+    assert read_metadata(path)["class_names"] == NAMES  # read from the zip, nothing loaded
+    with pytest.raises(ValueError, match=refusal):
+        load_pt2(path)
+    assert not marker.exists()
+    bin_path = tmp_path / "evil.bin"  # any name: a zip is read as .pt2, never loaded
+    bin_path.write_bytes(path.read_bytes())
+    assert read_metadata(bin_path)["class_names"] == NAMES
+    assert not marker.exists()
+
+
+def test_pt2_payloads_torch_would_run_are_refused(pt2_bytes, tmp_path: Path):
+    def constants(name, raw):
+        if name != "data/constants/model_constants_config.json":
+            return raw
+        entry = {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": False}
+        return json.dumps({"config": {"obj": entry}}).encode()
+
+    def guards(name, raw):
+        if name != "models/model.json":
+            return raw
+        program = json.loads(raw)
+        program["guards_code"] = ["__import__('os').getpid() == 0"]
+        return json.dumps(program).encode()
+
+    cases = {
+        "opaque": (
+            _rewrite(pt2_bytes, constants, [("archive/data/constants/opaque_obj_0", b"x")]),
+            r"'obj' is 'opaque_obj_0', not a plain tensor",
+        ),
+        "guards": (_rewrite(pt2_bytes, guards), r"carries guard code"),
+        "aoti": (
+            _rewrite(pt2_bytes, extra=[("archive/data/aotinductor/model/model.so", b"\x7fELF")]),
+            r"unexpected entries \['data/aotinductor/model/model.so'\]",
+        ),
+        "legacy": (
+            _rewrite(pt2_bytes, extra=[("archive/data/weights/model.pt", b"x")]),
+            r"unexpected entries \['data/weights/model.pt'\]",
+        ),
+        "twice": (
+            _rewrite(pt2_bytes, extra=[("archive/extra/cprfl_zoo.json", b"{}")]),
+            r"lists an entry twice",
+        ),
+    }
+    for name, (data, refusal) in cases.items():
+        path = tmp_path / f"{name}.pt2"
+        path.write_bytes(data)
+        with pytest.raises(ValueError, match=refusal):
+            load_pt2(path)
+
+
+def test_read_metadata_decides_by_content_and_names_the_file(onnx_export, tmp_path: Path):
+    _, _, onnx_path = onnx_export
+    upper = tmp_path / "MODEL.ONNX"
+    upper.write_bytes(onnx_path.read_bytes())
+    assert read_metadata(upper)["class_names"] == NAMES
+    garbage = tmp_path / "garbage.pt2"
+    garbage.write_bytes(b"\x00not a model" * 10)
+    with pytest.raises(ValueError, match=r"garbage.pt2: not a torch.export .pt2 file"):
+        read_metadata(garbage)
+    with pytest.raises(ValueError, match=r"garbage.pt2: not a torch.export .pt2 file"):
+        load_pt2(garbage)
+    other = tmp_path / "garbage.bin"
+    other.write_bytes(b"\xff\xfe\xfd garbage")
+    with pytest.raises(ValueError, match=r"garbage.bin: neither an ONNX model nor a .pt2"):
+        read_metadata(other)
+    plain_zip = tmp_path / "plain.zip"
+    with zipfile.ZipFile(plain_zip, "w") as archive:
+        archive.writestr("a/b.txt", "hello")
+    with pytest.raises(ValueError, match=r"plain.zip is a torch.export file without cprfl_zoo"):
+        read_metadata(plain_zip)
+
+
+def test_export_input_size_and_opset_checks(tmp_path: Path):
+    deployed = make("cnn").deploy()
+    # (159.7, 160.2) used to export at 159 x 160 without a word
+    for size in ((159.7, 160.2), (3, 64.0, 64), ("64", "64"), (True, 64, 64), "64"):
+        with pytest.raises(ValueError, match="input_size must be"):
+            export_metadata(deployed, input_size=size)
+    import numpy as np
+
+    meta = export_metadata(deployed, input_size=(np.int64(32), 48))
+    assert json.loads(meta["preprocessing"])["input_size"] == [3, 32, 48]
+    for opset in (16, 30, 18.5):
+        with pytest.raises(ValueError, match="opset"):
+            export_onnx(deployed, tmp_path / "m.onnx", opset=opset)
+    with pytest.raises(ValueError, match=r"m.onnx is named .onnx but the format is pt2"):
+        export_model(deployed, tmp_path / "m.onnx", "pt2")
+    assert not list(tmp_path.iterdir())

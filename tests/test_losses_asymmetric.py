@@ -352,6 +352,13 @@ def test_bad_hyperparameters(kwargs, match):
         AsymmetricLoss(**kwargs)
 
 
+@pytest.mark.parametrize("weight", ["abc", [1.0, "x"], object()])
+def test_class_weight_of_the_wrong_type_names_it(weight):
+    # "abc" used to fail inside torch with "new(): invalid data type 'str'"
+    with pytest.raises(TypeError, match="class_weight must be a tensor or a sequence"):
+        AsymmetricLoss(class_weight=weight)
+
+
 @pytest.mark.parametrize("validate", [False, True])
 def test_bad_shapes_and_dtypes_always_raise(validate):
     loss_fn = AsymmetricLoss(validate=validate)

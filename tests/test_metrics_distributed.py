@@ -87,3 +87,110 @@ def test_evaluator_accumulates_batches():
     assert MultiLabelEvaluator(top_k=None).split is None
     with pytest.raises(ValueError, match=r"must both be \(B, C\)"):
         ev.update(scores[:, :2], targets)
+
+
+def test_gather_in_a_single_process_group(tmp_path):
+    """An initialised group of one process: the tensor is returned as is, the count checked."""
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        x = torch.randn(4, 2)
+        assert gather_for_metrics(x) is x
+        with pytest.raises(ValueError, match="num_samples=3 but the single process holds 4"):
+            gather_for_metrics(x, num_samples=3)
+        scores, targets = random_problem(n=20, c=4, seed=3)
+        ev = MultiLabelEvaluator(top_k=None)
+        ev.update(scores, targets)
+        res = ev.compute(num_samples=20)
+        assert set(res) == {"mAP", "OP", "OR", "OF1", "CP", "CR", "CF1"}
+    finally:
+        dist.destroy_process_group()
+
+
+class _FakeWorld:
+    """Two ranks simulated in this process: rank 0 sends ``mine``, rank 1 sends ``theirs``.
+
+    ``gather_for_metrics`` makes two collectives: the row counts, then the rows padded to the
+    longest shard.
+    """
+
+    def __init__(self, theirs):
+        self.theirs = theirs
+        self.calls = 0
+
+    def all_gather(self, outputs, tensor, group=None):
+        if self.calls % 2 == 0:  # the row counts
+            other = torch.tensor([self.theirs.shape[0]])
+        else:
+            other = tensor.new_zeros(tensor.shape)
+            other[: self.theirs.shape[0]] = self.theirs
+        self.calls += 1
+        outputs[0].copy_(tensor)
+        outputs[1].copy_(other)
+
+
+@pytest.fixture
+def fake_two_ranks(monkeypatch):
+    def install(theirs):
+        world = _FakeWorld(theirs)
+        monkeypatch.setattr(dist, "is_initialized", lambda: True)
+        monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+        monkeypatch.setattr(dist, "get_backend", lambda group=None: "gloo")
+        monkeypatch.setattr(dist, "all_gather", world.all_gather)
+
+    return install
+
+
+def test_gather_trims_sampler_padding_and_checks_counts(fake_two_ranks):
+    # DistributedSampler over 5 samples on 2 ranks: 3 rows each, rank 1's last is padding
+    fake_two_ranks(torch.tensor([[10, 10], [11, 11], [99, 99]]))
+    mine = torch.tensor([[0, 0], [1, 1], [2, 2]])
+    assert gather_for_metrics(mine, num_samples=5).tolist() == [
+        [0, 0],
+        [1, 1],
+        [2, 2],
+        [10, 10],
+        [11, 11],
+    ]
+    assert gather_for_metrics(mine).shape == (6, 2)  # without num_samples every row is kept
+    with pytest.raises(ValueError, match=r"num_samples=8 over 2 ranks means 4 rows per rank"):
+        gather_for_metrics(mine, num_samples=8)
+
+
+def test_gather_unequal_shards_without_num_samples(fake_two_ranks):
+    fake_two_ranks(torch.tensor([7.0]))
+    out = gather_for_metrics(torch.tensor([1.0, 2.0, 3.0]))
+    assert out.tolist() == [1.0, 2.0, 3.0, 7.0] and out.dtype == torch.float32
+
+
+def _evaluator_worker(rank, world_size, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        scores, targets = random_problem(n=41, c=5, seed=8)
+        # DistributedSampler(shuffle=False) order: rank r gets rows r, r + 2, ...; padded with 0
+        rows = [*range(41), 0]
+        mine = rows[rank::world_size]
+        ev = MultiLabelEvaluator([300, 150, 40, 25, 3], top_k=2)
+        for i in range(0, len(mine), 8):
+            ev.update(scores[mine[i : i + 8]], targets[mine[i : i + 8]])
+        torch.save(ev.compute(num_samples=41), Path(out_dir) / f"metrics{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_evaluator_across_two_gloo_processes(tmp_path):
+    mp.start_processes(
+        _evaluator_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="fork"
+    )
+    scores, targets = random_problem(n=41, c=5, seed=8)
+    ev = MultiLabelEvaluator([300, 150, 40, 25, 3], top_k=2)
+    ev.update(scores, targets)
+    expected = ev.compute()
+    for rank in range(2):
+        got = torch.load(tmp_path / f"metrics{rank}.pt", weights_only=True)
+        assert got.keys() == expected.keys()
+        for key, value in expected.items():
+            assert got[key] == pytest.approx(value, abs=1e-12, nan_ok=True), key

@@ -4,6 +4,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import random_problem
@@ -96,3 +97,29 @@ def test_long_tail_split_is_a_value_object():
     split = long_tail_split([100, 5])
     assert isinstance(split, LongTailSplit)
     assert split.groups() == {"head": (0,), "medium": (), "tail": (1,)}
+
+
+@pytest.mark.parametrize(
+    ("counts", "match"),
+    [
+        # inf used to be cast to a negative int: "classes [0] are negative"
+        ([math.inf, 200.0], r"class_counts\[0\] is inf, not a finite count"),
+        ([3, math.nan], r"class_counts\[1\] is nan, not a finite count"),
+        (["12", "3"], r"class_counts\[0\] is '12' \(str\), not a count"),
+        ([5, 2**70], r"class_counts\[1\] is 1180591620717411303424, more than a count can be"),
+        ([True, 3], r"class_counts\[0\] is True \(bool\), not a count"),
+        (torch.tensor([True, False]), r"class_counts\[0\] is True \(bool\)"),
+        (np.array([3, 4], dtype=bool), r"class_counts\[0\] is True \(bool\)"),
+        (torch.tensor([[3, 4]]), r"non-empty 1-D sequence, got shape \(1, 2\)"),
+        ("12", r"1-D sequence of counts, got str"),
+    ],
+)
+def test_long_tail_split_names_bad_counts(counts, match):
+    with pytest.raises(ValueError, match=match):
+        long_tail_split(counts)
+
+
+def test_long_tail_split_accepts_numpy_counts():
+    split = long_tail_split(np.array([150, 40, 3], dtype=np.int64), np.int64(100), np.int32(20))
+    assert (split.head, split.medium, split.tail) == ((0,), (1,), (2,))
+    assert long_tail_split([150.0, 3.0]).class_counts == (150, 3)

@@ -123,3 +123,20 @@ def test_ap_rejects_non_tensors():
 def test_map_class_names_length_checked():
     with pytest.raises(ValueError, match="class_names has 2 names for 3 classes"):
         mean_average_precision(torch.randn(4, 3), torch.ones(4, 3), class_names=["a", "b"])
+
+
+def test_chunked_ap_equals_unchunked(monkeypatch):
+    import cprfl_zoo.metrics._chunks as chunks
+
+    scores, targets = random_problem(n=40, c=9, seed=5)
+    scores[:, 2] = scores[:, 2].round()  # ties
+    targets[:, 7] = 0  # no positive: NaN
+    whole = average_precision(scores, targets)
+    monkeypatch.setattr(chunks, "CHUNK_ELEMENTS", 50)  # one class per chunk
+    assert torch.equal(average_precision(scores, targets).nan_to_num(-1), whole.nan_to_num(-1))
+    monkeypatch.setattr(chunks, "CHUNK_ELEMENTS", 120)  # three classes per chunk
+    assert torch.equal(average_precision(scores, targets).nan_to_num(-1), whole.nan_to_num(-1))
+    # the checks name the right class from any chunk
+    scores[3, 8] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN \(classes \[8\]\)"):
+        average_precision(scores, targets)

@@ -96,3 +96,59 @@ def test_threshold_metrics_never_predicted_class_has_precision_zero():
 def test_threshold_metrics_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         threshold_metrics(torch.randn(3, 4), torch.ones(3, 4), **kwargs)
+
+
+def test_a_score_exactly_on_the_threshold_is_predicted():
+    # ">=" not ">": the rule prediction uses with the calibrated thresholds
+    scores = torch.tensor([[0.5, 0.25], [0.5, 0.75], [0.4, 0.25]])
+    targets = torch.tensor([[1, 1], [0, 1], [1, 0]])
+    out = threshold_metrics(scores, targets, threshold=0.5)
+    assert out.precision.tolist() == [0.5, 1.0]
+    assert out.recall.tolist() == [0.5, 0.5]
+    per_class = threshold_metrics(scores, targets, threshold=torch.tensor([0.5, 0.25]))
+    assert per_class.precision.tolist() == [0.5, 2 / 3]
+    assert per_class.recall.tolist() == [0.5, 1.0]
+
+
+def test_numpy_scalars_are_thresholds():
+    import numpy as np
+
+    scores, targets = random_problem(n=30, c=4, seed=2)
+    expected = threshold_metrics(scores, targets, threshold=0.25).as_dict()
+    for value in (np.float32(0.25), np.float64(0.25), np.float16(0.25)):
+        assert threshold_metrics(scores, targets, threshold=value).as_dict() == expected
+    assert threshold_metrics(scores, targets, threshold=np.int64(0)).as_dict() == (
+        threshold_metrics(scores, targets, threshold=0).as_dict()
+    )
+    with pytest.raises(ValueError, match="threshold must be a number"):
+        threshold_metrics(scores, targets, threshold=np.bool_(True))
+
+
+def test_per_class_thresholds_and_from_logits_against_reference():
+    scores, targets = random_problem(n=50, c=5, seed=4)
+    limits = torch.tensor([0.2, 0.4, 0.5, 0.6, 0.8])
+    ours = threshold_metrics(scores, targets, threshold=limits, from_logits=True)
+    probs = scores.float().sigmoid()
+    # prob >= t_j  <=>  prob - t_j >= 0 (exact in float32): one global threshold of 0
+    ref = _reference_prf(probs - limits, targets, threshold=0.0)
+    for key, value in ours.as_dict().items():
+        assert value == pytest.approx(ref[key], abs=1e-12), key
+    top = threshold_metrics(scores, targets, top_k=2, from_logits=True).as_dict()
+    assert top == pytest.approx(_reference_prf(probs, targets, top_k=2), abs=1e-12)
+    with pytest.raises(ValueError, match=r"shape \(5,\) \(one per class\), got shape \(4,\)"):
+        threshold_metrics(scores, targets, threshold=limits[:4])
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"threshold": 0.1}, {"top_k": 2}, {"top_k": 3, "threshold": 0.0}]
+)
+def test_row_chunks_count_the_same(kwargs, monkeypatch):
+    import cprfl_zoo.metrics._chunks as chunks
+
+    scores, targets = random_problem(n=45, c=6, seed=9)
+    whole = threshold_metrics(scores, targets, **kwargs)
+    monkeypatch.setattr(chunks, "CHUNK_ELEMENTS", 13)  # two rows per chunk
+    chunked = threshold_metrics(scores, targets, **kwargs)
+    assert chunked.as_dict() == whole.as_dict()
+    assert torch.equal(chunked.precision, whole.precision)
+    assert torch.equal(chunked.recall.nan_to_num(-1), whole.recall.nan_to_num(-1))

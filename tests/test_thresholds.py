@@ -7,6 +7,7 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -221,3 +222,154 @@ def test_validate_thresholds_accepts_numpy() -> None:
 
     assert validate_thresholds(np.array([0.25, 0.75]), 2) == [0.25, 0.75]
     assert DEFAULT_THRESHOLD == 0.5
+
+
+# ---------------------------------------------------------------------- float32 exactness
+def _prob32(logits: torch.Tensor) -> torch.Tensor:
+    """The probabilities prediction compares with the thresholds: float32 sigmoid."""
+    return logits.float().sigmoid()
+
+
+def test_issue_example_keep_all_cut_predicts_every_sample() -> None:
+    # used to report F1 1.0 and then predict [[False], [True]]: the float64 cut rounded up
+    logits = torch.tensor([[0.7], [1.7]])
+    result = calibrate_thresholds(logits, torch.ones(2, 1))
+    assert result.class_f1[0].item() == 1.0
+    assert (_prob32(logits) >= result.thresholds).all()
+    assert (_prob32(logits) >= result.global_threshold).all()
+    # a margin of a few float32 steps below the lowest probability, no more
+    lowest = _prob32(logits).min()
+    assert lowest - 1e-6 < result.thresholds[0] <= lowest
+
+
+def _column_cases(seed: int, n: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    """Columns with the hard cases: ties, logits saturating to 1.0 and 0.0, adjacent floats."""
+    g = torch.Generator().manual_seed(seed)
+    targets = (torch.rand(n, 8, generator=g) < 0.4).long()
+    targets[0] = 1
+    logits = 2.0 * targets + torch.randn(n, 8, generator=g)
+    logits[:, 1] = 17.0 + 5 * torch.rand(n, generator=g)  # every probability is 1.0
+    logits[::2, 2] = 20.0 + torch.rand(n // 2, generator=g)  # half saturated
+    logits[:, 3] = torch.round(logits[:, 3])  # heavy ties
+    targets[:, 4] = 1  # all positive: keep every sample
+    base = torch.tensor(0.3).float()
+    logits[:, 5] = base + torch.arange(n) * 1e-7  # neighbouring float32 values
+    logits[::3, 6] = -110.0  # probability 0.0
+    logits[:, 7] = logits[:, 7].double().float()
+    return logits, targets
+
+
+def _best_f1_float32(probs: torch.Tensor, targets: torch.Tensor) -> float:
+    return _brute_force_best_f1(probs.tolist(), targets.tolist())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_calibrated_thresholds_give_the_f1_they_report(seed: int) -> None:
+    logits, targets = _column_cases(seed)
+    result = calibrate_thresholds(logits, targets)
+    probs = _prob32(logits)
+    for j in range(logits.shape[1]):
+        column, truth = probs[:, j], targets[:, j]
+        f1 = _f1_at(column, truth, result.thresholds[j])  # float32 against float32
+        assert f1 == result.class_f1[j].item(), j
+        assert f1 == pytest.approx(_best_f1_float32(column, truth), abs=1e-15), j
+        # the threshold separates the same samples as the lowest kept one does
+        kept = column >= result.thresholds[j]
+        if (~kept).any():
+            assert column[~kept].max() < result.thresholds[j] <= column[kept].min()
+    flat, flat_truth = probs.flatten(), targets.flatten()
+    assert _f1_at(flat, flat_truth, result.global_threshold) == result.global_f1
+    assert result.global_f1 == pytest.approx(_best_f1_float32(flat, flat_truth), abs=1e-15)
+    assert result.global_threshold == float(torch.tensor(result.global_threshold).float())
+
+
+def test_saturated_logits_tie_and_get_one_cut() -> None:
+    # logits 17 and 30 both have float32 probability 1.0: no threshold separates them
+    logits = torch.tensor([[30.0], [17.0], [0.0]])
+    result = calibrate_thresholds(logits, torch.tensor([[1], [0], [0]]))
+    assert result.class_f1[0].item() == pytest.approx(2 / 3)
+    assert (_prob32(logits) >= result.thresholds).flatten().tolist() == [True, True, False]
+
+
+def test_probability_inputs_are_taken_in_float32() -> None:
+    probs = torch.tensor([[0.6], [0.6 + 1e-12], [0.2]], dtype=torch.float64)
+    result = calibrate_thresholds(probs, torch.tensor([[0], [1], [0]]), from_logits=False)
+    # equal in float32, so one group: keeping the positive keeps the negative too
+    assert result.class_f1[0].item() == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_global_cut_equals_one_sorted_column(seed: int, monkeypatch) -> None:
+    """The histogram search finds the cut a sort of the flattened column finds, bit for bit."""
+    import cprfl_zoo.thresholds as thresholds_module
+
+    logits, targets = _column_cases(seed, n=60)
+    expected_t, expected_f1 = best_f1_thresholds(
+        _prob32(logits).reshape(-1, 1), targets.view(-1, 1).bool()
+    )
+    for refine in (32, 1):  # one pass over the candidate bins, or one pass per bin
+        monkeypatch.setattr(thresholds_module, "_REFINE_BINS", refine)
+        result = calibrate_thresholds(logits, targets)
+        assert result.global_threshold == expected_t.item()
+        assert result.global_f1 == expected_f1.item()
+
+
+def test_chunked_calibration_equals_unchunked(monkeypatch) -> None:
+    import cprfl_zoo.metrics._chunks as chunks
+
+    logits, targets = _column_cases(3, n=50)
+    whole = calibrate_thresholds(logits, targets, min_positives=3)
+    monkeypatch.setattr(chunks, "CHUNK_ELEMENTS", 7)  # one class (50 rows) per chunk
+    chunked = calibrate_thresholds(logits, targets, min_positives=3)
+    assert torch.equal(whole.thresholds, chunked.thresholds)
+    assert torch.equal(whole.class_f1.nan_to_num(-7), chunked.class_f1.nan_to_num(-7))
+    assert (whole.global_threshold, whole.global_f1) == (
+        chunked.global_threshold,
+        chunked.global_f1,
+    )
+    assert whole.fallback_classes == chunked.fallback_classes
+    assert torch.equal(whole.num_positives, chunked.num_positives)
+
+
+def test_a_class_with_exactly_min_positives_keeps_its_own_threshold() -> None:
+    targets = torch.zeros(10, 2, dtype=torch.long)
+    targets[:2, 0] = 1  # exactly two validation positives
+    targets[:6, 1] = 1
+    logits = torch.linspace(3, -3, 10)[:, None].repeat(1, 2)
+    result = calibrate_thresholds(logits, targets, min_positives=2)
+    assert result.fallback_classes == ()
+    assert result.class_f1[0].item() == 1.0
+    probs = _prob32(logits[:, 0])
+    assert (probs >= result.thresholds[0]).tolist() == [True] * 2 + [False] * 8
+    assert calibrate_thresholds(logits, targets, min_positives=3).fallback_classes == (0,)
+
+
+def test_calibration_without_classes_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"shape \(4, 0\): no class to calibrate"):
+        calibrate_thresholds(torch.zeros(4, 0), torch.zeros(4, 0))
+
+
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        # a (1, C) array used to read as one value: "has 1 values but the model has 4 classes"
+        (np.full((1, 4), 0.5), r"must be a 1-D array of 4 values, got shape \(1, 4\)"),
+        (np.array(0.5), r"1-D array of 4 values, got shape \(\)"),
+        (torch.full((4,), 0.5, device="meta"), r"tensor on the meta device"),
+        (10**400, r"thresholds\[0\] is 100000000000... \(too large for a float\)"),
+        ([0.5, 0.5, 10**400, 0.5], r"thresholds\[2\] is 100000000000... \(too large"),
+    ],
+    ids=["row-array", "0-d-array", "meta", "huge-int", "huge-int-in-list"],
+)
+def test_more_bad_thresholds_are_named(values, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        _model().set_thresholds(values)
+
+
+def test_numpy_scalars_are_thresholds() -> None:
+    model = _model()
+    for value in (np.float32(0.25), np.float64(0.25), np.float16(0.25)):
+        model.set_thresholds(value)
+        assert model.thresholds == [0.25] * 4
+    model.set_thresholds(np.array([0.1, 0.2, 0.3, 0.4], dtype=np.float32))
+    assert model.get_thresholds().tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4])

@@ -286,6 +286,10 @@ def evaluate_logits(
 ) -> dict[str, float]:
     """Compute mAP (head/medium/tail too) and OP/OR/OF1/CP/CR/CF1 at per-class thresholds.
 
+    A label counts as predicted when its float32 ``sigmoid`` is ``>=`` its float32 threshold, as
+    :func:`cprfl_zoo.predict.predict` decides. The metrics work in chunks of classes or images,
+    so memory stays bounded on large evaluation sets.
+
     Args:
         logits: ``(N, C)`` logits.
         targets: ``(N, C)`` multi-hot targets.
@@ -296,15 +300,17 @@ def evaluate_logits(
         Percentages keyed ``mAP``, ``mAP_head``, ..., ``OP``, ``OR``, ``OF1``, ``CP``, ``CR``,
         ``CF1``.
     """
+    import torch
+
     from ..metrics import long_tail_map, long_tail_split, mean_average_precision, threshold_metrics
 
     if class_counts is not None:
         results = long_tail_map(logits, targets, long_tail_split(class_counts)).as_dict()
     else:
         results = {"mAP": mean_average_precision(logits, targets).map}
-    # prob >= t_i  <=>  prob - t_i >= 0: one threshold_metrics call with per-class thresholds
-    shifted = logits.sigmoid() - thresholds.to(logits)[None]
-    results.update(threshold_metrics(shifted, targets, threshold=0.0).as_dict())
+    # float32 sigmoid against float32 thresholds, as predict compares them
+    limits = thresholds.to(torch.float32)
+    results.update(threshold_metrics(logits, targets, threshold=limits, from_logits=True).as_dict())
     return {k: 100 * v for k, v in results.items()}
 
 
@@ -373,7 +379,14 @@ def add_calibrate(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     _add_list_args(p)
-    p.add_argument("--output", required=True, help="folder to save the calibrated model to")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="new or empty folder to save the calibrated model to (not MODEL's folder)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a model already saved in --output"
+    )
     p.add_argument(
         "--min-positives",
         type=positive_int,
@@ -385,14 +398,18 @@ def add_calibrate(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
-    from ..hub import CONFIG_NAME
     from ..thresholds import calibrate_thresholds
+    from ._outputs import check_output_folder
 
-    if Path(args.output, CONFIG_NAME).exists():
-        _logger.warning("--output %s already holds a saved model; replacing it", args.output)
+    check_output_folder("--output", args.output, args.model, args.overwrite)
     model = _load_for_inference(args)
     logits, targets = _list_logits(args, model)
     result = calibrate_thresholds(logits, targets, min_positives=args.min_positives)
+    if not bool(result.num_positives.any()):
+        raise CommandError(
+            f"{args.list_file}: no image has a positive label, so there is no F1 to calibrate "
+            f"on; nothing was saved to {args.output}"
+        )
     model.set_thresholds(result.as_list())
     model.cpu().save_pretrained(args.output)
     print(

@@ -471,7 +471,13 @@ class AsymmetricLoss(nn.Module):
         self.validate = bool(validate)
         weight = None
         if class_weight is not None:
-            weight = torch.as_tensor(class_weight, dtype=torch.float32).detach().clone()
+            try:
+                weight = torch.as_tensor(class_weight, dtype=torch.float32).detach().clone()
+            except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+                raise TypeError(
+                    f"class_weight must be a tensor or a sequence of per-class numbers, got "
+                    f"{type(class_weight).__name__} {class_weight!r:.40} ({e})"
+                ) from None
             _check_class_weight(weight)
         self.class_weight: torch.Tensor | None
         self.register_buffer("class_weight", weight, persistent=False)

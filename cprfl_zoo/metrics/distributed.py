@@ -181,9 +181,10 @@ class MultiLabelEvaluator:
             results = out.as_dict()
         else:
             results = {"mAP": mean_average_precision(logits, targets, self.class_names).map}
-        probs = logits.sigmoid()
-        results.update(threshold_metrics(probs, targets, threshold=self.threshold).as_dict())
+        thresholded = threshold_metrics(logits, targets, threshold=self.threshold, from_logits=True)
+        results.update(thresholded.as_dict())
         if self.top_k is not None:
-            topk = threshold_metrics(probs, targets, top_k=min(self.top_k, probs.shape[1]))
+            top_k = min(self.top_k, logits.shape[1])
+            topk = threshold_metrics(logits, targets, top_k=top_k, from_logits=True)
             results.update({f"{k}_top{self.top_k}": v for k, v in topk.as_dict().items()})
         return results

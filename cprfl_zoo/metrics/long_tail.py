@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -82,22 +83,16 @@ def long_tail_split(
         A :class:`LongTailSplit`.
 
     Raises:
-        ValueError: If the counts are not a non-empty 1-D sequence of non-negative integers,
-            or the thresholds are not integers with ``head_threshold >= tail_threshold >= 0``.
+        ValueError: If the counts are not a non-empty 1-D sequence of finite, whole,
+            non-negative numbers below 2**63 (a bool or a string is refused, naming its
+            position), or the thresholds are not integers with
+            ``head_threshold >= tail_threshold >= 0``.
     """
-    counts = torch.as_tensor(class_counts)
-    if counts.dim() != 1 or counts.numel() == 0:
-        raise ValueError(f"class_counts must be a non-empty 1-D sequence, got {counts.shape}")
-    if counts.is_floating_point():
-        if not bool((counts == counts.round()).all()):
-            raise ValueError("class_counts must be whole numbers of training images")
-        counts = counts.long()
-    if bool((counts < 0).any()):
-        bad = (counts < 0).nonzero().flatten().tolist()
-        raise ValueError(f"class_counts must be non-negative; classes {bad[:10]} are negative")
+    counts = torch.tensor(_check_counts(class_counts), dtype=torch.int64)
     for name, value in (("head_threshold", head_threshold), ("tail_threshold", tail_threshold)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
             raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    head_threshold, tail_threshold = int(head_threshold), int(tail_threshold)
     if head_threshold < tail_threshold:
         raise ValueError(
             f"head_threshold ({head_threshold}) must be >= tail_threshold ({tail_threshold})"
@@ -113,6 +108,56 @@ def long_tail_split(
         head_threshold=head_threshold,
         tail_threshold=tail_threshold,
     )
+
+
+_MAX_COUNT = (1 << 63) - 1
+
+
+def _check_counts(class_counts: object) -> list[int]:
+    """The counts as ints, or a ValueError naming the first bad one."""
+    shape = getattr(class_counts, "shape", None)
+    if isinstance(class_counts, Tensor) and class_counts.is_meta:
+        raise ValueError("class_counts is a tensor on the meta device, which holds no values")
+    if shape is not None and len(shape) != 1:
+        raise ValueError(f"class_counts must be a non-empty 1-D sequence, got shape {tuple(shape)}")
+    values = class_counts.tolist() if hasattr(class_counts, "tolist") else class_counts
+    if isinstance(values, (str, bytes, bytearray)) or not isinstance(values, Sequence):
+        raise ValueError(
+            f"class_counts must be a non-empty 1-D sequence of counts, got "
+            f"{type(class_counts).__name__}"
+        )
+    if len(values) == 0:
+        raise ValueError("class_counts must be a non-empty 1-D sequence, got no count")
+    counts = []
+    for i, value in enumerate(values):
+        if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+            raise ValueError(
+                f"class_counts must be a non-empty 1-D sequence; class_counts[{i}] is a sequence"
+            )
+        # bool is a number to Python; a count of True is a mistake, not 1
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(
+                f"class_counts[{i}] is {value!r} ({type(value).__name__}), not a count of "
+                "training images"
+            )
+        if isinstance(value, numbers.Integral):
+            count = int(value)
+        elif not math.isfinite(value):
+            raise ValueError(f"class_counts[{i}] is {value!r}, not a finite count")
+        elif not float(value).is_integer():
+            raise ValueError(
+                f"class_counts[{i}] is {value!r}: class_counts must be whole numbers of "
+                "training images"
+            )
+        else:
+            count = int(value)
+        if count > _MAX_COUNT:
+            raise ValueError(f"class_counts[{i}] is {count}, more than a count can be (2**63 - 1)")
+        counts.append(count)
+    negative = [i for i, count in enumerate(counts) if count < 0]
+    if negative:
+        raise ValueError(f"class_counts must be non-negative; classes {negative[:10]} are negative")
+    return counts
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ._chunks import column_chunks
+
 __all__ = ["MAPResult", "average_precision", "mean_average_precision"]
 
 _logger = logging.getLogger(__name__)
@@ -44,16 +46,25 @@ def _check_scores_targets(scores: Tensor, targets: Tensor) -> tuple[Tensor, Tens
         scores, targets = scores[:, None], targets[:, None]
     if scores.dtype == torch.bool or not (scores.is_floating_point() or scores.dtype.is_signed):
         scores = scores.float()
-    if scores.is_floating_point() and bool(torch.isnan(scores).any()):
-        bad = torch.isnan(scores).any(0).nonzero().flatten().tolist()
-        raise ValueError(f"scores contain NaN (classes {bad[:10]})")
-    if targets.dtype != torch.bool:
-        is_binary = (targets == 0) | (targets == 1)
-        if not bool(is_binary.all()):
-            bad = (~is_binary).any(0).nonzero().flatten().tolist()
-            raise ValueError(
-                f"targets must be multi-hot 0/1 values; classes {bad[:10]} hold other values"
-            )
+    if scores.is_complex():
+        raise ValueError(f"scores must be real, got dtype {scores.dtype}")
+    nan_classes: list[int] = []
+    bad_targets: list[int] = []
+    # class by class, so that no mask is the size of the whole matrix
+    for cols in column_chunks(*scores.shape):
+        if scores.is_floating_point():
+            nan = torch.isnan(scores[:, cols]).any(0)
+            nan_classes += (nan.nonzero().flatten() + cols.start).tolist()
+        if targets.dtype != torch.bool:
+            part = targets[:, cols]
+            not_binary = ((part != 0) & (part != 1)).any(0)
+            bad_targets += (not_binary.nonzero().flatten() + cols.start).tolist()
+    if nan_classes:
+        raise ValueError(f"scores contain NaN (classes {nan_classes[:10]})")
+    if bad_targets:
+        raise ValueError(
+            f"targets must be multi-hot 0/1 values; classes {bad_targets[:10]} hold other values"
+        )
     return scores, targets.bool()
 
 
@@ -71,7 +82,9 @@ def average_precision(scores: Tensor, targets: Tensor) -> Tensor:
     ranks tied samples one by one in ``argsort`` order, which can differ from this by a
     small amount when scores tie.)
 
-    Each class matrix is sorted once; there is no Python loop over samples or classes.
+    Each class column is sorted once, in chunks of classes that bound the memory (about
+    100 MB of temporaries whatever the size of the matrix); there is no Python loop over
+    samples.
 
     Args:
         scores: ``(N, C)`` (or ``(N,)``) logits or probabilities; higher means more likely
@@ -89,6 +102,15 @@ def average_precision(scores: Tensor, targets: Tensor) -> Tensor:
     """
     squeeze = scores.dim() == 1 if isinstance(scores, Tensor) else False
     scores, targets = _check_scores_targets(scores, targets)
+    n, c = scores.shape
+    ap = torch.empty(c, dtype=torch.float64, device=scores.device)
+    for cols in column_chunks(n, c):
+        ap[cols] = _column_average_precision(scores[:, cols], targets[:, cols])
+    return ap[0] if squeeze else ap
+
+
+def _column_average_precision(scores: Tensor, targets: Tensor) -> Tensor:
+    """AP of each column of a checked ``(N, k)`` chunk (see :func:`average_precision`)."""
     n = scores.shape[0]
     sorted_scores, order = scores.sort(dim=0, descending=True, stable=True)
     hits = targets.gather(0, order).to(torch.float64)
@@ -102,9 +124,9 @@ def average_precision(scores: Tensor, targets: Tensor) -> Tensor:
     end_pos = end_pos.flip(0).cummin(0).values.flip(0)
     precision_at_end = true_pos.gather(0, end_pos) / (end_pos + 1).to(torch.float64)
     num_pos = hits.sum(0)
-    ap = (hits * precision_at_end).sum(0) / num_pos
-    ap = torch.where(num_pos > 0, ap, torch.full_like(ap, math.nan))
-    return ap[0] if squeeze else ap
+    # a running sum adds in row order whatever the chunk's width: chunking changes no bit
+    ap = (hits * precision_at_end).cumsum(0)[-1] / num_pos
+    return torch.where(num_pos > 0, ap, torch.full_like(ap, math.nan))
 
 
 @dataclass(frozen=True)

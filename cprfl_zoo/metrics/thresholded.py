@@ -7,11 +7,13 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from ._chunks import row_chunks, sigmoid_probabilities
 from .ranking import _check_scores_targets
 
 __all__ = ["ThresholdMetrics", "threshold_metrics"]
@@ -73,12 +75,34 @@ def _safe_ratio(num: Tensor, den: Tensor) -> float:
     return float(num / den) if float(den) > 0 else 0.0
 
 
+def _check_threshold(threshold: object, num_classes: int) -> float | Tensor:
+    """A real number, or ``(C,)`` per-class thresholds, none of them NaN."""
+    if isinstance(threshold, Tensor):
+        if threshold.shape != (num_classes,) or threshold.is_complex() or threshold.is_meta:
+            raise ValueError(
+                f"threshold as a tensor must be real with shape ({num_classes},) (one per "
+                f"class), got shape {tuple(threshold.shape)}, dtype {threshold.dtype} on "
+                f"{threshold.device}"
+            )
+        if threshold.dtype == torch.bool:
+            raise ValueError("threshold must be numbers, got a bool tensor")
+        if bool(torch.isnan(threshold.float()).any()):
+            raise ValueError("threshold must not be NaN")
+        return threshold.detach()
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
+        raise ValueError(f"threshold must be a number, got {threshold!r}")
+    if math.isnan(threshold):
+        raise ValueError("threshold must not be NaN")
+    return float(threshold)
+
+
 def threshold_metrics(
     scores: Tensor,
     targets: Tensor,
     *,
-    threshold: float | None = None,
+    threshold: float | Tensor | None = None,
     top_k: int | None = None,
+    from_logits: bool = False,
 ) -> ThresholdMetrics:
     """OP, OR, OF1, CP, CR and CF1 of thresholded and/or top-k predictions.
 
@@ -93,38 +117,58 @@ def threshold_metrics(
     mAP) but still counts in OP through its false positives; OP, OR and the F1 scores are 0
     when their denominator is 0.
 
+    The images are counted in chunks of rows, so memory stays bounded on large sets.
+
     Args:
         scores: ``(N, C)`` logits or probabilities.
         targets: ``(N, C)`` multi-hot 0/1 targets.
-        threshold: Score threshold, or ``None`` for none.
+        threshold: Score threshold: a real number (Python or NumPy), a ``(C,)`` tensor of
+            per-class thresholds, or ``None`` for none.
         top_k: Number of labels kept per image, or ``None`` for no top-k restriction.
+        from_logits: ``scores`` are logits: ``threshold`` and ``top_k`` apply to their float32
+            sigmoid, the probabilities :func:`cprfl_zoo.predict.predict` compares with the
+            model's thresholds.
 
     Returns:
         A :class:`ThresholdMetrics` (fractions in [0, 1]).
 
     Raises:
-        ValueError: On a bad input, if neither ``threshold`` nor ``top_k`` is given, or if
-            ``top_k`` is not an int in ``[1, C]``.
+        ValueError: On a bad input, if neither ``threshold`` nor ``top_k`` is given, if
+            ``threshold`` is NaN or a tensor of the wrong shape, or if ``top_k`` is not an
+            int in ``[1, C]``.
     """
     scores, targets = _check_scores_targets(scores, targets)
-    num_classes = scores.shape[1]
+    n, num_classes = scores.shape
     if threshold is None and top_k is None:
         raise ValueError("give a threshold, a top_k, or both")
-    predicted = torch.ones_like(targets)
-    if top_k is not None:
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= num_classes:
-            raise ValueError(f"top_k must be an int in [1, {num_classes}], got {top_k!r}")
-        keep = scores.topk(top_k, dim=1).indices
-        predicted = torch.zeros_like(targets).scatter_(1, keep, True)
-    if threshold is not None:
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-            raise ValueError(f"threshold must be a number, got {threshold!r}")
-        if math.isnan(threshold):
-            raise ValueError("threshold must not be NaN")
-        predicted = predicted & (scores >= threshold)
-    true_pos = (predicted & targets).sum(0).to(torch.float64)
-    num_pred = predicted.sum(0).to(torch.float64)
-    num_gt = targets.sum(0).to(torch.float64)
+    if top_k is not None and (
+        isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= num_classes
+    ):
+        raise ValueError(f"top_k must be an int in [1, {num_classes}], got {top_k!r}")
+    limit = None if threshold is None else _check_threshold(threshold, num_classes)
+    if isinstance(limit, Tensor):
+        limit = limit.to(scores.device)[None]
+    true_pos = torch.zeros(num_classes, dtype=torch.int64, device=scores.device)
+    num_pred = torch.zeros_like(true_pos)
+    num_gt = torch.zeros_like(true_pos)
+    for rows in row_chunks(n, num_classes):
+        part = sigmoid_probabilities(scores[rows]) if from_logits else scores[rows]
+        hits = targets[rows]
+        predicted = torch.ones_like(hits)
+        if top_k is not None:
+            keep = part.topk(top_k, dim=1).indices
+            predicted = torch.zeros_like(hits).scatter_(1, keep, True)
+        if limit is not None:
+            predicted &= part >= limit
+        true_pos += (predicted & hits).sum(0)
+        num_pred += predicted.sum(0)
+        num_gt += hits.sum(0)
+    return _metrics_from_counts(
+        true_pos.to(torch.float64), num_pred.to(torch.float64), num_gt.to(torch.float64)
+    )
+
+
+def _metrics_from_counts(true_pos: Tensor, num_pred: Tensor, num_gt: Tensor) -> ThresholdMetrics:
     precision = torch.where(num_pred > 0, true_pos / num_pred.clamp_min(1), 0.0)
     recall = torch.where(num_gt > 0, true_pos / num_gt.clamp_min(1), math.nan)
     valid = num_gt > 0

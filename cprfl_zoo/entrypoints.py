@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._builder import resolve_pretrained_cfg
+from timm.models._builder import pretrained_cfg_for_features, resolve_pretrained_cfg
+from timm.models._features import FeatureGetterNet
 
 from .checkpoint import (
     check_state_dict,
@@ -158,21 +159,30 @@ def build_cprfl(variant: str, pretrained: bool = False, **kwargs: Any) -> CPRFL:
         pretrained_strict=True,
         pretrained_filter_fn=pretrained_filter,
         **({"cache_dir": cache_dir} if cache_dir is not None else {}),
-        **features,
         **model_kwargs,
     )
-    if features:
-        return model  # timm's FeatureGetterNet over the backbone's forward_intermediates
     if weights is not None:
         state = weights.load()
         check_state_dict(state, model, weights.where)
         weights.verify_checksum()
         model.load_state_dict(state, strict=True)
     _complete_pretrained_cfg(model, variant, from_backbone=not has_source)
+    if features is not None:
+        return _feature_getter(model, features)
     return model
 
 
-def _pop_feature_args(kwargs: dict[str, Any], variant: str) -> dict[str, Any]:
+def _feature_getter(model: CPRFL, feature_cfg: dict[str, Any]) -> FeatureGetterNet:
+    """Wrap a built model as timm's builder does for ``features_only=True`` (getter kind)."""
+    wrapper = FeatureGetterNet(model, **feature_cfg)
+    wrapper.in_chans = model.in_chans
+    wrapper._traits = dict(model._traits)
+    wrapper.pretrained_cfg = pretrained_cfg_for_features(model.pretrained_cfg)
+    wrapper.default_cfg = wrapper.pretrained_cfg
+    return wrapper
+
+
+def _pop_feature_args(kwargs: dict[str, Any], variant: str) -> dict[str, Any] | None:
     """Timm's ``features_only`` arguments, for its feature wrapper over the backbone's features.
 
     CPRFL adds nothing to the backbone's feature maps, so ``features_only=True`` gives timm's
@@ -184,7 +194,7 @@ def _pop_feature_args(kwargs: dict[str, Any], variant: str) -> dict[str, Any]:
     if not args.pop("features_only", False):
         if args:
             raise TypeError(f"{variant}() got {sorted(args)} without features_only=True")
-        return {}
+        return None
     feature_cfg = dict(args.pop("feature_cfg", None) or {})
     feature_cls = args.pop("feature_cls", feature_cfg.pop("feature_cls", "getter"))
     if feature_cls != "getter":
@@ -194,13 +204,10 @@ def _pop_feature_args(kwargs: dict[str, Any], variant: str) -> dict[str, Any]:
             "feature_cls='getter' applies; for timm's other wrappers create the backbone "
             "itself with timm.create_model(<backbone>, features_only=True)"
         )
-    feature_cfg["feature_cls"] = "getter"
-    out = {"features_only": True, "feature_cfg": feature_cfg}
-    if "out_indices" in args:
-        out["out_indices"] = args.pop("out_indices")
+    feature_cfg["out_indices"] = args.pop("out_indices", (0, 1, 2, 3, 4))  # timm's default
     if "num_classes" not in kwargs and "class_names" not in kwargs:
         kwargs["num_classes"] = 0  # the head is pruned: no classes are needed
-    return out
+    return feature_cfg
 
 
 def _complete_pretrained_cfg(model: CPRFL, variant: str, *, from_backbone: bool) -> None:
@@ -221,6 +228,10 @@ def _complete_pretrained_cfg(model: CPRFL, variant: str, *, from_backbone: bool)
     size = cfg.get("input_size")
     if size is not None:
         cfg["input_size"] = (model.in_chans, *tuple(size)[1:])
+        for key in ("mean", "std"):  # one value per channel; other counts get the average
+            values = cfg.get(key)
+            if values is not None and len(values) != model.in_chans:
+                cfg[key] = (sum(values) / len(values),) * model.in_chans
         grid = _token_grid(model, cfg["input_size"][1:])
         if grid is not None:
             cfg["pool_size"] = grid

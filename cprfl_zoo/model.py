@@ -414,8 +414,6 @@ class CPRFL(nn.Module):
             )
             self._logit_adjustment = None
         self.logit_offset = torch.zeros(len(names), device=self.logit_offset.device)
-        if self.pretrained_cfg.get("num_classes") is not None:
-            self.pretrained_cfg["num_classes"] = len(names)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Timm's classifier reset: ``0`` removes the classes; any other count is refused.
@@ -637,7 +635,11 @@ class CPRFL(nn.Module):
 
     def _check_input(self, x: torch.Tensor) -> None:
         if not _fx_tracing():
-            check_images(x, self.in_chans, self.visual_proj.weight.dtype)
+            # after prune_intermediate_layers the head is gone; the backbone's dtype is the same
+            weight = getattr(self.visual_proj, "weight", None)
+            if weight is None:
+                weight = next(self.backbone.parameters())
+            check_images(x, self.in_chans, weight.dtype)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Compute the backbone's local tokens, as timm's ``forward_features`` does.

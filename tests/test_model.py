@@ -130,7 +130,8 @@ def test_forward_features_and_head(tiny_head):
     torch.testing.assert_close(model.forward_head(feats), (refined * model.get_prompts()).sum(-1))
     # timm's pre-logits: the class-independent average of the projected tokens, (B, d)
     pre = model.forward_head(feats, pre_logits=True)
-    torch.testing.assert_close(pre, (feats @ model.visual_proj.weight.T).mean(1) + model.visual_proj.bias)
+    proj = model.visual_proj
+    torch.testing.assert_close(pre, (feats @ proj.weight.T).mean(1) + proj.bias)
     torch.testing.assert_close(model(x), model.forward_head(feats))
 
 

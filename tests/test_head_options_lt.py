@@ -128,3 +128,17 @@ def test_a_logit_adjustment_changes_no_average_precision() -> None:
     assert mean_average_precision(adjusted, targets).map == pytest.approx(
         mean_average_precision(raw, targets).map, abs=1e-12
     )
+
+
+def test_exported_program_carries_the_adjustment_and_tau(tmp_path) -> None:
+    from cprfl_zoo.export import export_pt2, load_pt2
+
+    model = tiny_cprfl(NAMES, text_dim=12, classifier_tau=0.5)
+    x = _images(2)
+    with torch.no_grad():
+        raw = model(x)
+    offset = logit_adjustment_offset(PRIORS, tau=1.0).float()
+    model.set_logit_adjustment(offset)
+    program, _ = load_pt2(export_pt2(model, tmp_path / "m.pt2", input_size=(3, 32, 32)))
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), raw - offset, rtol=1e-4, atol=1e-5)

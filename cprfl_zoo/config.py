@@ -40,6 +40,7 @@ __all__ = [
     "CPRFLConfig",
     "check_backbone_kwargs",
     "check_data_config",
+    "check_logit_offsets",
     "closest",
     "split_create_kwargs",
     "upgrade_text_encoder_cfg",
@@ -65,6 +66,7 @@ MODEL_ARGS: frozenset[str] = frozenset(HEAD_FIELDS) | {
     "trainable_text_encoder",
     "text_tower",
     "thresholds",
+    "logit_adjustment",
 }
 """The arguments of :class:`~cprfl_zoo.model.CPRFL`."""
 
@@ -105,7 +107,7 @@ _LEGACY_ARGS = frozenset({"dim"})
 _SAVED_KEYS = (
     frozenset(HEAD_FIELDS)
     | {"backbone", "class_names", "backbone_kwargs", "img_size", "in_chans"}
-    | {"text_encoder_cfg", "trainable_text_encoder", "thresholds"}
+    | {"text_encoder_cfg", "trainable_text_encoder", "thresholds", "logit_adjustment"}
     | {"num_classes", "global_pool"}  # timm writes them beside the model's own arguments
 )
 _MAX_WIDTH = 1 << 16
@@ -275,6 +277,8 @@ class CPRFLConfig:
             ``templates``, ``text_dim``, ...), so ``set_classes(names)`` can encode new names.
         trainable_text_encoder: Whether the model holds a CLIP text tower.
         thresholds: Per-class decision thresholds, or ``None``.
+        logit_adjustment: Per-class post-hoc logit offsets, subtracted from the logits, or
+            ``None`` (see :meth:`~cprfl_zoo.model.CPRFL.set_logit_adjustment`).
     """
 
     backbone: str
@@ -286,6 +290,7 @@ class CPRFLConfig:
     text_encoder_cfg: Mapping[str, Any] = field(default_factory=dict)
     trainable_text_encoder: bool = False
     thresholds: tuple[float, ...] | None = None
+    logit_adjustment: tuple[float, ...] | None = None
 
     def to_model_args(self) -> dict[str, Any]:
         """Return the JSON-serialisable ``model_args`` of ``config.json``.
@@ -308,6 +313,8 @@ class CPRFLConfig:
             args["text_encoder_cfg"] = dict(self.text_encoder_cfg)
         if self.thresholds is not None:
             args["thresholds"] = list(self.thresholds)
+        if self.logit_adjustment is not None:
+            args["logit_adjustment"] = list(self.logit_adjustment)
         return args
 
     def replace(self, **changes: Any) -> CPRFLConfig:
@@ -418,6 +425,9 @@ class CPRFLConfig:
                         f"{type(thresholds).__name__}"
                     )
                 thresholds = tuple(validate_thresholds(thresholds, len(names), "thresholds"))
+            adjustment = args.get("logit_adjustment")
+            if adjustment is not None:
+                adjustment = tuple(check_logit_offsets(adjustment, len(names)))
         except (TypeError, ValueError) as e:
             message = str(e)
             if not message.startswith("model_args."):
@@ -434,10 +444,42 @@ class CPRFLConfig:
             text_encoder_cfg=upgrade_text_encoder_cfg(text_cfg),
             trainable_text_encoder=bool(args.get("trainable_text_encoder", False)),
             thresholds=thresholds,
+            logit_adjustment=adjustment,
         )
 
 
 _TRAINING_ONLY = ("drop_rate", "attn_drop_rate")
+
+
+def check_logit_offsets(values: Any, num_classes: int) -> list[float]:
+    """Check per-class logit offsets: one finite number per class.
+
+    Args:
+        values: The offsets (a list, tuple or 1-D tensor).
+        num_classes: The number of classes.
+
+    Returns:
+        The offsets as Python floats.
+
+    Raises:
+        ValueError: Naming ``logit_adjustment``, for a wrong length or a value that is not a
+            finite number.
+    """
+    if hasattr(values, "tolist"):
+        values = values.tolist()
+    if not isinstance(values, (list, tuple)) or len(values) != num_classes:
+        count = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
+        raise ValueError(
+            f"logit_adjustment must hold one offset per class ({num_classes}), got {count}"
+        )
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise ValueError(
+                f"logit_adjustment[{i}] must be a finite number, got {v!r}; offsets come from "
+                "cprfl_zoo.losses.logit_adjustment_offset(priors, tau), whose priors must be "
+                "strictly between 0 and 1"
+            )
+    return [float(v) for v in values]
 
 
 def upgrade_text_encoder_cfg(cfg: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,8 +13,11 @@ C prompts, softmax([s, t]) · [V; V_P] = (Σ e^(s-m) V + e^(L-m) O) / (Σ e^(s-m
 L = logsumexp(t), O = softmax(t) · V_P and m any shift. The FFN's last linear layer and the
 classifier are folded as well: p_i · (W₂ h + b₂) = (W₂ᵀ p_i) · h + b₂ · p_i. So an image costs
 O(C·v) attention instead of O(C·(v + C)), and no per-class work is repeated across images.
-With the opt-in cosine classifier, P' itself is computed (its norm is needed) and the classifier
-vectors are the normalised prompts times the learned scale.
+The classifier vectors and biases come from the model's own
+:meth:`~cprfl_zoo.model.CPRFL.classifier_weights` (the paper's p_i, the τ-normalised
+p_i / |p_i|^τ, or the cosine classifier's s · p_i / |p_i|, with the logit adjustment in the
+bias), so the deployed logits follow every head option with one copy of the maths. With the
+cosine classifier, P' itself is computed (its norm is needed) and fc2 is not folded.
 """
 
 from __future__ import annotations
@@ -133,7 +136,8 @@ class DeployedCPRFL(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def _check_input(self, x: torch.Tensor) -> None:
-        check_images(x, self.in_chans, self.visual_proj.weight.dtype)
+        if not torch.fx._symbolic_trace.is_fx_symbolic_tracing():  # FX gives Proxies, not tensors
+            check_images(x, self.in_chans, self.visual_proj.weight.dtype)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Compute the backbone's local tokens, as :meth:`CPRFL.forward_features` does.
@@ -159,7 +163,8 @@ class DeployedCPRFL(nn.Module):
         Raises:
             ValueError: If ``x`` is not (B, v, d0).
         """
-        check_tokens(x, self.visual_proj.in_features)
+        if not torch.fx._symbolic_trace.is_fx_symbolic_tracing():
+            check_tokens(x, self.visual_proj.in_features)
         vsi = self.vsi
         k, v = vsi.attn.token_kv(vsi.norm1(self.visual_proj(x)))  # each (B, h, v, hd)
         scores = self.prompt_queries @ k.transpose(-2, -1)  # (B, h, C, v)
@@ -206,7 +211,15 @@ def deploy_cprfl(model: nn.Module) -> DeployedCPRFL:
 
 
 def _check_supported(model: nn.Module) -> None:
-    needed = ("head_cfg", "prompt_init", "vsi", "visual_proj", "get_prompts", "get_thresholds")
+    needed = (
+        "head_cfg",
+        "prompt_init",
+        "vsi",
+        "visual_proj",
+        "get_prompts",
+        "get_thresholds",
+        "classifier_weights",
+    )
     if not all(hasattr(model, name) for name in needed):
         raise TypeError(f"deploy needs a CPRFL model, got {type(model).__name__}")
     mlp = model.vsi.mlp
@@ -240,17 +253,12 @@ def _precompute(model: nn.Module) -> dict[str, torch.Tensor]:
             lse.append(torch.logsumexp(scores, dim=-1, keepdim=True))
             out.append(torch.softmax(scores, dim=-1) @ v)
         fc2 = model.vsi.mlp.fc2
+        weight, bias = model.classifier_weights(prompts.to(fc2.weight.dtype))  # (C, d), (C,)
         if model.head_cfg.cosine_classifier:
-            norm = prompts.norm(dim=-1, keepdim=True).clamp_min(COSINE_EPS)
-            classifier_weight = model.logit_scale.exp() * prompts / norm  # (C, d)
-            classifier_bias = model.logit_bias.expand(num_classes).clone()
+            classifier_weight, classifier_bias = weight, bias
         else:
-            prompts = prompts.to(fc2.weight.dtype)
-            classifier_weight = prompts @ fc2.weight  # (C, hidden): W₂ᵀ p_i
-            if fc2.bias is not None:
-                classifier_bias = prompts @ fc2.bias
-            else:
-                classifier_bias = prompts.new_zeros(num_classes)
+            classifier_weight = weight @ fc2.weight  # (C, hidden): W₂ᵀ w_i
+            classifier_bias = bias if fc2.bias is None else weight @ fc2.bias + bias
     finally:
         _set_training(model, modes)
     return {

@@ -7,11 +7,14 @@ embeddings (unless given or loaded) and check saved configs and weights on the w
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
+import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._builder import resolve_pretrained_cfg
+from timm.models._builder import pretrained_cfg_for_features, resolve_pretrained_cfg
+from timm.models._features import FeatureGetterNet
 
 from .checkpoint import (
     check_state_dict,
@@ -53,14 +56,29 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
     }
 
 
+# No CPRFL weights are registered, so num_classes and classifier stay None here (timm would
+# drop "classifier" weights of a registered file whose class count differs). A built model's
+# pretrained_cfg has its own (see _complete_pretrained_cfg). The generic "cprfl" takes its
+# input size from the backbone; (3, 224, 224) is timm's nominal default.
 default_cfgs = generate_default_cfgs(
     {
-        "cprfl": _cfg(),
-        "cprfl_resnet50": _cfg(input_size=(3, 448, 448), first_conv="backbone.conv1"),
-        "cprfl_resnet101": _cfg(input_size=(3, 448, 448), first_conv="backbone.conv1"),
-        "cprfl_vit_base_patch16_224": _cfg(first_conv="backbone.patch_embed.proj"),
+        "cprfl": _cfg(input_size=(3, 224, 224)),
+        "cprfl_resnet50": _cfg(
+            input_size=(3, 448, 448), pool_size=(14, 14), first_conv="backbone.conv1"
+        ),
+        "cprfl_resnet101": _cfg(
+            input_size=(3, 448, 448), pool_size=(14, 14), first_conv="backbone.conv1"
+        ),
+        "cprfl_vit_base_patch16_224": _cfg(
+            input_size=(3, 224, 224),
+            pool_size=(14, 14),
+            fixed_input_size=True,
+            first_conv="backbone.patch_embed.proj",
+        ),
     }
 )
+
+_FEATURE_ARGS = ("features_only", "out_indices", "feature_cls", "feature_cfg")
 
 
 def _has_weight_source(cfg: dict[str, Any]) -> bool:
@@ -94,6 +112,7 @@ def build_cprfl(variant: str, pretrained: bool = False, **kwargs: Any) -> CPRFL:
         TypeError: For an unknown keyword, naming the closest valid one.
         ValueError: For a bad argument or saved config, naming the field.
     """
+    features = _pop_feature_args(kwargs, variant)
     saved_args = kwargs.pop("pretrained_model_args", None)
     if saved_args is not None:  # timm read a config.json and merged its model_args into kwargs
         CPRFLConfig.from_model_args(saved_args, saved_config_name(kwargs.get("pretrained_cfg")))
@@ -147,13 +166,92 @@ def build_cprfl(variant: str, pretrained: bool = False, **kwargs: Any) -> CPRFL:
         check_state_dict(state, model, weights.where)
         weights.verify_checksum()
         model.load_state_dict(state, strict=True)
-    if not has_source:
-        cfg = dict(model.pretrained_cfg)
-        for key, value in model.backbone_data_config().items():
-            if cfg.get(key) is None or key == "fixed_input_size":
-                cfg[key] = value
-        model.pretrained_cfg = model.default_cfg = cfg
+    _complete_pretrained_cfg(model, variant, from_backbone=not has_source)
+    if features is not None:
+        return _feature_getter(model, features)
     return model
+
+
+def _feature_getter(model: CPRFL, feature_cfg: dict[str, Any]) -> FeatureGetterNet:
+    """Wrap a built model as timm's builder does for ``features_only=True`` (getter kind)."""
+    wrapper = FeatureGetterNet(model, **feature_cfg)
+    wrapper.in_chans = model.in_chans
+    wrapper._traits = dict(model._traits)
+    wrapper.pretrained_cfg = pretrained_cfg_for_features(model.pretrained_cfg)
+    wrapper.default_cfg = wrapper.pretrained_cfg
+    return wrapper
+
+
+def _pop_feature_args(kwargs: dict[str, Any], variant: str) -> dict[str, Any] | None:
+    """Timm's ``features_only`` arguments, for its feature wrapper over the backbone's features.
+
+    CPRFL adds nothing to the backbone's feature maps, so ``features_only=True`` gives timm's
+    ``FeatureGetterNet`` over :meth:`~cprfl_zoo.model.CPRFL.forward_intermediates` (the
+    backbone's), with the head pruned. timm's other wrappers walk the model's module tree,
+    which the backbone's modules are nested in, so only ``feature_cls="getter"`` is offered.
+    """
+    args = {k: kwargs.pop(k) for k in _FEATURE_ARGS if k in kwargs}
+    if not args.pop("features_only", False):
+        if args:
+            raise TypeError(f"{variant}() got {sorted(args)} without features_only=True")
+        return None
+    feature_cfg = dict(args.pop("feature_cfg", None) or {})
+    feature_cls = args.pop("feature_cls", feature_cfg.pop("feature_cls", "getter"))
+    if feature_cls != "getter":
+        raise ValueError(
+            f"{variant}(features_only=True, feature_cls={feature_cls!r}): a CPRFL model gives "
+            "its backbone's features through forward_intermediates, so only "
+            "feature_cls='getter' applies; for timm's other wrappers create the backbone "
+            "itself with timm.create_model(<backbone>, features_only=True)"
+        )
+    feature_cfg["out_indices"] = args.pop("out_indices", (0, 1, 2, 3, 4))  # timm's default
+    if "num_classes" not in kwargs and "class_names" not in kwargs:
+        kwargs["num_classes"] = 0  # the head is pruned: no classes are needed
+    return feature_cfg
+
+
+def _complete_pretrained_cfg(model: CPRFL, variant: str, *, from_backbone: bool) -> None:
+    """Fill the model's ``pretrained_cfg`` with what timm's tools read, from the built model.
+
+    ``num_classes`` and ``classifier`` (the PI layer that outputs the classifier vectors) are
+    the model's; ``first_conv``, ``fixed_input_size`` and, for the generic ``cprfl`` or a given
+    ``img_size``, ``input_size`` and the preprocessing are the backbone's (a registered variant
+    keeps its own size); the channels follow ``in_chans``; ``pool_size`` is the backbone's
+    token grid at ``input_size``.
+    """
+    cfg = dict(model.pretrained_cfg)
+    if from_backbone:
+        own_size = variant == "cprfl" or model.config.img_size is not None
+        for key, value in model.backbone_data_config().items():
+            if cfg.get(key) is None or key == "fixed_input_size" or own_size:
+                cfg[key] = value
+    size = cfg.get("input_size")
+    if size is not None:
+        cfg["input_size"] = (model.in_chans, *tuple(size)[1:])
+        for key in ("mean", "std"):  # one value per channel; other counts get the average
+            values = cfg.get(key)
+            if values is not None and len(values) != model.in_chans:
+                cfg[key] = (sum(values) / len(values),) * model.in_chans
+        grid = _token_grid(model, cfg["input_size"][1:])
+        if grid is not None:
+            cfg["pool_size"] = grid
+    if model._traits.get("first_conv") is not None:
+        cfg["first_conv"] = model._traits["first_conv"]
+    if "fixed_input_size" in model._traits:
+        cfg["fixed_input_size"] = bool(model._traits["fixed_input_size"])
+    cfg["num_classes"] = model.num_classes
+    linear = isinstance(model.prompt_init.net, torch.nn.Linear)
+    cfg["classifier"] = "prompt_init.net" if linear else "prompt_init.net.fc2"
+    model.pretrained_cfg = model.default_cfg = cfg
+
+
+def _token_grid(model: CPRFL, size: tuple[int, ...]) -> tuple[int, int] | None:
+    """The backbone's final feature grid at an input size: its last ``reduction``."""
+    info = model.feature_info
+    reduction = info[-1].get("reduction") if info else None
+    if not isinstance(reduction, int) or reduction <= 0 or len(size) != 2:
+        return None
+    return (math.ceil(size[0] / reduction), math.ceil(size[1] / reduction))
 
 
 def _load_saved_args(

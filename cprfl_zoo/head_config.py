@@ -24,6 +24,7 @@ from typing import Any
 __all__ = [
     "COSINE_EPS",
     "HEAD_FIELDS",
+    "MAX_CLASSIFIER_TAU",
     "MODEL_ARGS",
     "HeadConfig",
     "resolve_head_config",
@@ -45,7 +46,9 @@ _BOOL_ARGS = (
 _LEGACY_HEAD_WIDTH = "dim"
 
 COSINE_EPS = 1e-6
-"""eps of the opt-in cosine classifier's norms (``torch.nn.functional.cosine_similarity``'s)."""
+"""eps of the normalised classifiers' norms (cosine and τ-normalised; the smallest norm used)."""
+MAX_CLASSIFIER_TAU = 4.0
+"""Largest ``classifier_tau`` accepted (Kang et al. search τ in [0, 1])."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,11 @@ class HeadConfig:
             log, initially 10) and a learned bias ``b`` shared by all classes, instead of the
             unnormalised ``p'_i . p_i`` (a normalised classifier, as in Gidaris & Komodakis,
             CVPR 2018, and Kang et al., ICLR 2020, for long-tailed recognition).
+        classifier_tau: Opt-in, not in the paper: the τ-normalised classifier of Kang et al.
+            (ICLR 2020, "decoupling"): score class *i* as ``p'_i . p_i / |p_i|^tau``, so the
+            classifier vector's norm, which grows with class frequency, counts less (0, the
+            default, is the paper's ``p'_i . p_i``; 1 divides by the full norm). Cannot be
+            combined with ``cosine_classifier``, which normalises both vectors.
 
     Raises:
         ValueError: Naming the first field that is out of range or of the wrong type.
@@ -90,9 +98,16 @@ class HeadConfig:
     detach_classifier_prompts: bool = False
     detach_refined_features: bool = False
     cosine_classifier: bool = False
+    classifier_tau: float = 0.0
 
     def __post_init__(self) -> None:
         validate_head_args(self.to_dict(), strict_types=True)
+        if self.cosine_classifier and self.classifier_tau != 0:
+            raise ValueError(
+                f"classifier_tau={self.classifier_tau} cannot be combined with "
+                "cosine_classifier=True: the cosine classifier already divides by the full norm "
+                "of both vectors; choose one"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Return the fields as a JSON-serialisable dict (the head part of ``model_args``)."""
@@ -128,6 +143,7 @@ MODEL_ARGS: frozenset[str] = frozenset(HEAD_FIELDS) | {
     "trainable_text_encoder",
     "text_tower",
     "thresholds",
+    "logit_adjustment",
 }
 """Every argument of :class:`~cprfl_zoo.model.CPRFL`; the keys a saved ``model_args`` may hold."""
 
@@ -266,6 +282,17 @@ def validate_head_args(args: Mapping[str, Any], *, strict_types: bool = False) -
         ):
             raise ValueError(
                 f"pi_mlp_ratio must be a positive number, got {value!r}{_type_note(value)}"
+            )
+    if "classifier_tau" in args:
+        value = args["classifier_tau"]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or not (math.isfinite(value) and 0 <= value <= MAX_CLASSIFIER_TAU)
+        ):
+            raise ValueError(
+                f"classifier_tau must be a number in [0, {MAX_CLASSIFIER_TAU:g}], got {value!r}"
+                f"{_type_note(value)}"
             )
     if strict_types:
         for key in _BOOL_ARGS:

@@ -14,24 +14,39 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import torch
+from timm.layers import register_notrace_module
 from timm.models._manipulate import checkpoint
 from torch import nn
 
-from .backbone import backbone_tokens, check_images, check_tokens, create_backbone
+from .backbone import (
+    backbone_tokens,
+    check_images,
+    check_tokens,
+    create_backbone,
+    feature_layout,
+    num_prefix_tokens,
+)
 from .classes import validate_class_inputs
-from .config import CPRFLConfig, check_backbone_kwargs, upgrade_text_encoder_cfg
+from .config import (
+    CPRFLConfig,
+    check_backbone_kwargs,
+    check_logit_offsets,
+    upgrade_text_encoder_cfg,
+)
 from .deploy import DeployedCPRFL
 from .head_config import COSINE_EPS, HeadConfig, resolve_head_config, validate_head_args
 from .hub import load_pretrained, push_to_hub, save_pretrained
 from .predict import predict
 from .prompt_init import PromptInit
 from .thresholds import DEFAULT_THRESHOLD, validate_thresholds
-from .vsi import VSI
+from .vsi import VSI, PromptAttention
 
 if TYPE_CHECKING:
     from .predict import Prediction
@@ -44,6 +59,28 @@ _DATA_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mo
 
 
 COSINE_INIT_SCALE = 10.0  # initial s of the opt-in cosine classifier
+
+# FX: the prompt attention branches on the device and sizes of its inputs (to pick a kernel), so
+# timm's tracer (``timm.models.create_feature_extractor``, timm's FX tests) keeps it whole.
+register_notrace_module(PromptAttention)
+
+
+def _fx_tracing() -> bool:
+    """Whether ``torch.fx`` is tracing: inputs are then Proxies, whose values cannot be checked."""
+    return torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+
+
+def _traced_tokens(features: torch.Tensor, width: int, layout: str, prefix: int) -> torch.Tensor:
+    """:func:`backbone_tokens` for ``torch.fx``: one graph node, the backbone described by value.
+
+    The layout of ``forward_features`` is decided from its number of dimensions, which a
+    symbolic trace does not know; the backbone module cannot be a node argument.
+    """
+    stand_in = SimpleNamespace(num_features=width, output_fmt=layout, num_prefix_tokens=prefix)
+    return backbone_tokens(stand_in, features)  # type: ignore[arg-type]
+
+
+torch.fx.wrap("_traced_tokens")
 
 
 class CPRFL(nn.Module):
@@ -63,7 +100,10 @@ class CPRFL(nn.Module):
         backbone_kwargs: Extra keyword arguments for ``timm.create_model`` of the backbone.
         img_size: Input image size for backbones that take one (ViT, Swin).
         in_chans: Number of input image channels.
-        num_classes: Accepted for timm compatibility; must equal ``len(class_names)``.
+        num_classes: As in timm: ``len(class_names)`` (the default), or 0 for a model without
+            classes, whose ``forward`` returns the pooled pre-logits (B, ``head_hidden_size``),
+            as a timm model built with ``num_classes=0`` does (see :meth:`reset_classifier`).
+            With 0, ``class_names`` may be omitted when ``text_dim`` is given.
         global_pool: Accepted for timm compatibility; CPRFL does not pool (must be empty).
         text_encoder_cfg: JSON-serialisable description of what produced the embeddings.
         trainable_text_encoder: Keep the CLIP text tower as the submodule ``text_tower`` and
@@ -75,12 +115,15 @@ class CPRFL(nn.Module):
         thresholds: Per-class decision thresholds, probabilities in [0, 1] applied to
             ``sigmoid(logits)``, in logit order (see :meth:`set_thresholds` and
             :func:`cprfl_zoo.thresholds.calibrate_thresholds`); ``None``: not calibrated, 0.5.
+        logit_adjustment: Per-class post-hoc logit offsets, subtracted from every logit (see
+            :meth:`set_logit_adjustment`); ``None``: none.
         **head_args: The fields of :class:`~cprfl_zoo.head_config.HeadConfig`: ``embed_dim``
             (the width d of the tokens, prompts and VSI, 2048, as timm's ``embed_dim``),
             ``text_dim`` (m, inferred from ``text_embeddings``), ``num_heads``, ``head_dim``,
             ``mlp_hidden_dim``, ``qkv_bias``, ``drop_rate``, ``attn_drop_rate``,
             ``pi_mlp_ratio``, ``pi_linear``, ``detach_classifier_prompts``,
-            ``detach_refined_features``, ``cosine_classifier``. The 0.1.0 spelling (``dim`` for
+            ``detach_refined_features``, ``cosine_classifier``, ``classifier_tau``. The 0.1.0
+            spelling (``dim`` for
             d, ``embed_dim`` for m) is accepted with a ``FutureWarning`` until 0.3.0.
 
     Raises:
@@ -105,18 +148,26 @@ class CPRFL(nn.Module):
         trainable_text_encoder: bool = False,
         text_tower: nn.Module | None = None,
         thresholds: Sequence[float] | None = None,
+        logit_adjustment: Sequence[float] | torch.Tensor | None = None,
         **head_args: Any,
     ) -> None:
         super().__init__()
-        if class_names is None:
+        features_model = num_classes == 0
+        if class_names is None and not features_model:
             raise ValueError("class_names is required: CPRFL builds one prompt per class name")
-        names = validate_class_inputs(class_names, text_embeddings)
-        if num_classes is not None and num_classes != len(names):
+        names = [] if class_names is None else validate_class_inputs(class_names, text_embeddings)
+        if num_classes not in (None, 0, len(names)):
             raise ValueError(
-                f"num_classes={num_classes} disagrees with the {len(names)} class names given"
+                f"num_classes={num_classes} disagrees with the {len(names)} class names given "
+                "(CPRFL has one class per name; num_classes=0 builds a model without classes)"
             )
         if global_pool:
             raise ValueError(f"CPRFL does not pool its features; got global_pool={global_pool!r}")
+        if not names and head_cfg is None and head_args.get("text_dim") is None:
+            raise ValueError(
+                "num_classes=0 without class_names needs text_dim=<width of the class text "
+                "embeddings> (what set_classes(names, embeddings) will take later)"
+            )
         width = None if text_embeddings is None else int(text_embeddings.shape[1])
         cfg = resolve_head_config(head_cfg, head_args, text_width=width)
         validate_head_args({"in_chans": in_chans})
@@ -171,6 +222,11 @@ class CPRFL(nn.Module):
         self._thresholds: list[float] | None = None
         if thresholds is not None:
             self.set_thresholds(thresholds)
+        # The offsets as saved (float64 values); ``logit_offset`` is their copy on the device.
+        self._logit_adjustment: list[float] | None = None
+        self.register_buffer("logit_offset", torch.zeros(len(names)), persistent=False)
+        if logit_adjustment is not None:
+            self.set_logit_adjustment(logit_adjustment)
         self.text_encoder_cfg = upgrade_text_encoder_cfg(text_encoder_cfg or {})
         if trainable_text_encoder and text_tower is None:
             from .text import TextTower
@@ -182,8 +238,13 @@ class CPRFL(nn.Module):
             )
         self.text_tower = text_tower
         self.class_embeddings_frozen = False
+        self.feature_info = _prefixed_feature_info(self.backbone)
+        # timm's input traits (read by its data config and exporters) are the backbone's.
+        self._traits = _backbone_traits(self.backbone)
         self.pretrained_cfg: dict[str, Any] = self.backbone_data_config()
         self._init_head_weights()
+        if features_model and names:
+            self.reset_classifier(0)
 
     # The head options read in forward, as timm models keep theirs: views of head_cfg.
     @property
@@ -248,25 +309,36 @@ class CPRFL(nn.Module):
 
         Raises:
             ValueError: For a model built on a backbone module instance, which no config
-                describes.
+                describes, or a model without classes (``num_classes=0``).
         """
         if self.config.backbone is None:
             raise ValueError(
                 "this CPRFL model was built from a backbone module instance, which cannot be "
                 "described by a config; build it from a timm model name to save or share it"
             )
+        self._require_classes("describe it by a config (to save or share it)")
         return self.config.replace(
             class_names=tuple(self.class_names),
             text_encoder_cfg=dict(self.text_encoder_cfg),
             thresholds=None if self._thresholds is None else tuple(self._thresholds),
+            logit_adjustment=(
+                None if self._logit_adjustment is None else tuple(self._logit_adjustment)
+            ),
             trainable_text_encoder=self.text_tower is not None,
         )
+
+    def _require_classes(self, action: str) -> None:
+        if self.num_classes == 0:
+            raise ValueError(
+                f"this CPRFL model has no classes (num_classes=0, a features model), so it "
+                f"cannot {action}; give it classes with set_classes(names, text_embeddings)"
+            )
 
     @property
     def _model_args(self) -> dict[str, Any]:
         # timm's exporter reads reconstruction args from here; CPRFL keeps its own, complete set.
         # A module backbone has none; timm.create_model reads this too, so it must not raise.
-        if self.config.backbone is None:
+        if self.config.backbone is None or self.num_classes == 0:
             return {}
         return self.model_args
 
@@ -318,16 +390,72 @@ class CPRFL(nn.Module):
             )
         buf = self.class_embeddings
         self.class_embeddings = text_embeddings.detach().to(buf.device, torch.float32).clone()
+        self._set_class_names(names, "set_classes")
+
+    def _set_class_names(self, names: list[str], caller: str) -> None:
+        """Record a new label set; per-class settings of the old one are dropped, with a warning."""
         self.class_names = names
         self.num_classes = len(names)
         if self._thresholds is not None:
             _logger.warning(
-                "set_classes: the %d calibrated thresholds belonged to the old classes and were "
+                "%s: the %d calibrated thresholds belonged to the old classes and were "
                 "dropped (every class now uses %s); calibrate again for the new classes",
+                caller,
                 len(self._thresholds),
                 DEFAULT_THRESHOLD,
             )
             self._thresholds = None
+        if self._logit_adjustment is not None:
+            _logger.warning(
+                "%s: the %d logit-adjustment offsets belonged to the old classes and were "
+                "dropped; call set_logit_adjustment(...) with the new classes' priors",
+                caller,
+                len(self._logit_adjustment),
+            )
+            self._logit_adjustment = None
+        self.logit_offset = torch.zeros(len(names), device=self.logit_offset.device)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Timm's classifier reset: ``0`` removes the classes; any other count is refused.
+
+        CPRFL has no per-class weights: its classifier vectors are computed from the class
+        names' text embeddings. So ``reset_classifier(0)`` drops the label set (names,
+        embeddings, thresholds, logit adjustment) and keeps every weight; the model's
+        ``forward`` then returns the pooled pre-logits (B, ``head_hidden_size``), as a timm model
+        does after ``reset_classifier(0)``, and :meth:`set_classes` gives it classes again.
+        ``reset_classifier(model.num_classes)`` changes nothing.
+
+        Args:
+            num_classes: 0, or the current number of classes.
+            global_pool: ``None`` or ``"avg"`` (the pre-logits are the average over the image's
+                tokens; no other pooling exists).
+
+        Raises:
+            ValueError: For another class count (the classes come from names: call
+                ``set_classes(names, text_embeddings)``), or another ``global_pool``.
+        """
+        if global_pool not in (None, "avg"):
+            raise ValueError(
+                f"global_pool={global_pool!r}: CPRFL's pre-logits are always the average of the "
+                "projected image tokens (global_pool='avg'); for unpooled tokens use "
+                "forward_features(x), or model.visual_proj(model.forward_features(x))"
+            )
+        if num_classes == self.num_classes:
+            return
+        if num_classes != 0:
+            raise ValueError(
+                f"reset_classifier({num_classes!r}): a CPRFL model's classes come from their "
+                "names (one prompt per name, no per-class weight), so a class count alone "
+                "cannot define them; call set_classes(names, text_embeddings) for a new label "
+                "set, or reset_classifier(0) for a model without classes"
+            )
+        self.class_embeddings = self.class_embeddings.new_zeros(0, self.text_dim)
+        self._set_class_names([], "reset_classifier(0)")
+        if self.text_tower is not None:
+            _logger.warning(
+                "reset_classifier(0): the trainable text tower is kept; set_classes(names) "
+                "encodes new class names with it"
+            )
 
     # ------------------------------------------------------------------ thresholds
     @property
@@ -364,6 +492,43 @@ class CPRFL(nn.Module):
             self._thresholds = None
             return
         self._thresholds = validate_thresholds(values, self.num_classes)
+
+    # ------------------------------------------------------------------ logit adjustment
+    @property
+    def logit_adjustment(self) -> list[float] | None:
+        """Per-class offsets subtracted from the logits, in logit order, or ``None``."""
+        return None if self._logit_adjustment is None else list(self._logit_adjustment)
+
+    def set_logit_adjustment(self, offset: Sequence[float] | torch.Tensor | Any | None) -> None:
+        """Carry a post-hoc logit adjustment: every logit becomes ``logit_i - offset_i``.
+
+        Menon et al.'s post-hoc correction (ICLR 2021) with the convention of
+        :class:`cprfl_zoo.losses.LogitAdjustment`: ``offset = tau * log(pi / (1 - pi))`` for
+        class priors ``pi`` (:func:`cprfl_zoo.losses.logit_adjustment_offset`). The adjusted
+        logits are what ``forward`` returns, so :meth:`predict`, evaluation, threshold
+        calibration, :meth:`deploy` (folded into the classifier bias) and the exported files
+        all use them; ``config.json`` saves the offsets. A per-class shift changes thresholded
+        metrics (F1 at fixed thresholds) but no class's AP, so not the mAP. Calibrate the
+        thresholds after setting it. :meth:`set_classes` drops it, with a warning.
+
+        Args:
+            offset: ``num_classes`` finite numbers in logit order, a
+                :class:`~cprfl_zoo.losses.LogitAdjustment` (its ``offset``), or ``None`` to
+                remove the adjustment.
+
+        Raises:
+            ValueError: If the length is not ``num_classes`` or a value is not finite.
+        """
+        if offset is None:
+            self._logit_adjustment = None
+            self.logit_offset = torch.zeros_like(self.logit_offset)
+            return
+        if isinstance(offset, nn.Module):
+            offset = getattr(offset, "offset", offset)
+        values = check_logit_offsets(offset, self.num_classes)
+        self._logit_adjustment = values
+        device = self.logit_offset.device
+        self.logit_offset = torch.tensor(values, dtype=self.logit_offset.dtype, device=device)
 
     def get_class_embeddings(self) -> torch.Tensor:
         """Return the class embeddings W (C, m) used by the PI network.
@@ -434,23 +599,47 @@ class CPRFL(nn.Module):
         return subs
 
     @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
-        """Parameter groups for timm's optimiser helpers: group 0 backbone, group 1 head.
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any] | Callable[[str], Any]:
+        """Parameter groups for timm's optimiser helpers (layer decay): the backbone's, then head.
+
+        The backbone's own ``group_matcher`` (stem, then each block or stage), with every
+        pattern moved under ``backbone.``; the CPRFL head (and a trainable text tower) matches
+        none, which timm puts in the last group, as it does a classifier head. So
+        ``param_groups_layer_decay`` decays a ViT block by block and leaves the head at the
+        full learning rate. A backbone without ``group_matcher`` is one group.
 
         Args:
-            coarse: Unused; the grouping is always backbone vs head.
+            coarse: Passed to the backbone's ``group_matcher`` (stages instead of blocks).
 
         Returns:
-            A dict of group name to regex, in group order.
+            A dict of group name to regex (or list of ``(regex, suffix)``), in group order, or
+            a callable for a backbone whose matcher is one.
         """
-        return {"backbone": r"^backbone\.", "head": r"^(?!backbone\.)"}
+        matcher = getattr(self.backbone, "group_matcher", None)
+        if not callable(matcher):
+            return {"backbone": r"^backbone\."}
+        groups = matcher(coarse=coarse)
+        if callable(groups):
+            return _prefixed_matcher_fn(groups)
+        out: dict[str, Any] = {}
+        for name, spec in groups.items():
+            if spec is None or isinstance(spec, str):
+                out[name] = spec if spec is None else _under_backbone(spec)
+            else:
+                out[name] = [(_under_backbone(regex), suffix) for regex, suffix in spec]
+        return out
 
     def get_classifier(self) -> nn.Module:
         """The module that maps class embeddings to the classifier weights (the PI network)."""
         return self.prompt_init
 
     def _check_input(self, x: torch.Tensor) -> None:
-        check_images(x, self.in_chans, self.visual_proj.weight.dtype)
+        if not _fx_tracing():
+            # after prune_intermediate_layers the head is gone; the backbone's dtype is the same
+            weight = getattr(self.visual_proj, "weight", None)
+            if weight is None:
+                weight = next(self.backbone.parameters())
+            check_images(x, self.in_chans, weight.dtype)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Compute the backbone's local tokens, as timm's ``forward_features`` does.
@@ -465,7 +654,11 @@ class CPRFL(nn.Module):
             Backbone tokens (B, v, d0), d0 = ``num_features`` (the backbone's width).
         """
         self._check_input(x)
-        return backbone_tokens(self.backbone, self.backbone.forward_features(x))
+        features = self.backbone.forward_features(x)
+        if _fx_tracing():
+            layout, prefix = feature_layout(self.backbone), num_prefix_tokens(self.backbone)
+            return _traced_tokens(features, self.num_features, layout, prefix)
+        return backbone_tokens(self.backbone, features)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Project the backbone tokens (φ), refine the prompts with them (VSI), score every class.
@@ -473,31 +666,86 @@ class CPRFL(nn.Module):
         Args:
             x: Backbone tokens (B, v, d0) from :meth:`forward_features` (or precomputed with
                 :func:`~cprfl_zoo.backbone.backbone_tokens`).
-            pre_logits: Return the category-specific features P' (B, C, d) instead of logits.
+            pre_logits: Return timm's pre-logits instead: the average of the projected tokens
+                φ(F), (B, ``head_hidden_size``), the image's one class-independent vector of
+                head width (what ``forward`` returns after ``reset_classifier(0)``). The
+                category-specific features P' (B, C, d) are :meth:`forward_refined`'s.
 
         Returns:
-            Logits (B, C), or P' (B, C, d) when ``pre_logits``.
+            Logits (B, C) (minus the logit adjustment, when the model carries one), or the
+            pre-logits (B, d) when ``pre_logits`` or the model has no classes.
 
         Raises:
             ValueError: If ``x`` is not (B, v, num_features).
         """
-        check_tokens(x, self.visual_proj.in_features)
-        x = self.visual_proj(x)
+        if pre_logits or self.num_classes == 0:
+            if not _fx_tracing():
+                check_tokens(x, self.visual_proj.in_features)
+            return self.visual_proj(x).mean(dim=1)
         prompts = self.get_prompts()
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            refined = checkpoint(self.vsi, x, prompts)
-        else:
-            refined = self.vsi(x, prompts)
-        if pre_logits:
-            return refined
+        refined = self._refine(x, prompts)
         if self.detach_refined_features:
             refined = refined.detach()
         classifier = prompts.detach() if self.detach_classifier_prompts else prompts
-        classifier = classifier.to(refined.dtype)
+        weight, bias = self.classifier_weights(classifier.to(refined.dtype))
         if self.cosine_classifier:
-            cos = nn.functional.cosine_similarity(refined, classifier, dim=-1, eps=COSINE_EPS)
-            return self.logit_scale.exp().to(cos.dtype) * cos + self.logit_bias.to(cos.dtype)
-        return (refined * classifier).sum(-1)
+            refined = refined / refined.norm(dim=-1, keepdim=True).clamp_min(COSINE_EPS)
+        return (refined * weight).sum(-1) + bias
+
+    def forward_refined(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the category-specific features P' = VSI([φ(F); P]) at the prompt rows.
+
+        Args:
+            x: Backbone tokens (B, v, d0) from :meth:`forward_features`.
+
+        Returns:
+            P' (B, C, d), the features each class's classifier vector scores.
+
+        Raises:
+            ValueError: If ``x`` is not (B, v, num_features), or the model has no classes.
+        """
+        self._require_classes("refine class prompts")
+        return self._refine(x, self.get_prompts())
+
+    def _refine(self, x: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+        if _fx_tracing():
+            _check_fx_leaf(x, self.vsi.attn)
+        else:
+            check_tokens(x, self.visual_proj.in_features)
+        x = self.visual_proj(x)
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(self.vsi, x, prompts)
+        return self.vsi(x, prompts)
+
+    def classifier_weights(self, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The classifier vectors w_i and biases b_i that score P': ``logit_i = w_i · p'_i + b_i``.
+
+        The one place the classifier options are computed; :meth:`forward_head` and
+        :meth:`deploy` both use it. With ``cosine_classifier``, ``p'_i`` is normalised first.
+
+        * the paper: ``w_i = p_i``, ``b_i = 0``;
+        * ``classifier_tau`` τ > 0 (Kang et al., 2020): ``w_i = p_i / |p_i|^τ``;
+        * ``cosine_classifier``: ``w_i = s · p_i / |p_i|``, ``b_i = b`` (learned ``s``, ``b``);
+
+        and a logit adjustment (:meth:`set_logit_adjustment`) subtracts its offset from b_i.
+        Norms are clamped below at :data:`~cprfl_zoo.head_config.COSINE_EPS`.
+
+        Args:
+            prompts: The category prompts P (C, d) (e.g. :meth:`get_prompts`).
+
+        Returns:
+            ``(weight, bias)``: (C, d) and (C,), in the prompts' dtype.
+        """
+        bias = -self.logit_offset.to(prompts.dtype)
+        if self.cosine_classifier:
+            norm = prompts.norm(dim=-1, keepdim=True).clamp_min(COSINE_EPS)
+            scale = self.logit_scale.exp().to(prompts.dtype)
+            return scale * prompts / norm, bias + self.logit_bias.to(prompts.dtype)
+        tau = self.head_cfg.classifier_tau
+        if tau:
+            norm = prompts.norm(dim=-1, keepdim=True).clamp_min(COSINE_EPS)
+            return prompts / norm.pow(tau), bias
+        return prompts, bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Compute raw logits; ``torch.sigmoid`` of them are the class probabilities.
@@ -506,9 +754,84 @@ class CPRFL(nn.Module):
             x: Images (B, in_chans, H, W).
 
         Returns:
-            Logits (B, C).
+            Logits (B, C) (minus the logit adjustment, when the model carries one); for a model
+            without classes, the pre-logits (B, ``head_hidden_size``).
         """
         return self.forward_head(self.forward_features(x))
+
+    # ------------------------------------------------------------------ timm feature API
+    def forward_intermediates(
+        self, x: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """The backbone's ``forward_intermediates``; the final output is :meth:`forward_features`'s.
+
+        Args:
+            x: Images (B, in_chans, H, W).
+            *args: The backbone's arguments (``indices``, ``norm``, ``stop_early``,
+                ``output_fmt``, ``intermediates_only``, ...).
+            **kwargs: The same, by name.
+
+        Returns:
+            As the backbone's: the intermediate feature maps, or ``(tokens, intermediates)``
+            where ``tokens`` are the local tokens (B, v, d0) of :meth:`forward_features`.
+
+        Raises:
+            NotImplementedError: If the backbone has no ``forward_intermediates``.
+        """
+        self._check_input(x)
+        out = self._backbone_method("forward_intermediates")(x, *args, **kwargs)
+        if isinstance(out, tuple):
+            final, intermediates = out
+            return backbone_tokens(self.backbone, final), intermediates
+        return out
+
+    def prune_intermediate_layers(self, *args: Any, **kwargs: Any) -> Any:
+        """Prune the backbone after its last wanted intermediate, as timm's feature wrapper does.
+
+        With ``prune_head`` (timm's default) the CPRFL head goes as well: the model then only
+        serves :meth:`forward_intermediates` (``features_only=True``).
+
+        Args:
+            *args: The backbone's arguments (``indices``, ``prune_norm``, ``prune_head``).
+            **kwargs: The same, by name.
+
+        Returns:
+            What the backbone's returns (the kept indices).
+
+        Raises:
+            NotImplementedError: If the backbone has no ``prune_intermediate_layers``.
+        """
+        kwargs = dict(kwargs)
+        prune_head = kwargs.pop("prune_head", True)
+        out = self._backbone_method("prune_intermediate_layers")(*args, **kwargs, prune_head=True)
+        if prune_head:
+            self.visual_proj = self.prompt_init = self.vsi = nn.Identity()
+            self.text_tower = None
+            self.reset_classifier(0)
+        return out
+
+    def _backbone_method(self, name: str) -> Callable[..., Any]:
+        method = getattr(self.backbone, name, None)
+        if not callable(method):
+            raise NotImplementedError(
+                f"{name}: the backbone {type(self.backbone).__name__} has no {name}(), so this "
+                "CPRFL model has none (nor features_only=True); timm gives it to most families"
+            )
+        return method
+
+    def __prepare_scriptable__(self) -> CPRFL:
+        """Refuse TorchScript with the reason (``torch.jit.script`` calls this first).
+
+        Raises:
+            RuntimeError: Always.
+        """
+        raise RuntimeError(
+            "CPRFL does not support TorchScript (torch.jit.script): its forward checks its "
+            "inputs and picks attention kernels with Python that TorchScript cannot compile, "
+            "and PyTorch has deprecated TorchScript. Use torch.export or ONNX "
+            "(cprfl_zoo.export, or model.deploy() with torch.export.export), torch.compile, or "
+            "torch.jit.trace"
+        )
 
     # ------------------------------------------------------------------ prediction
     def predict(
@@ -536,6 +859,7 @@ class CPRFL(nn.Module):
             One :class:`~cprfl_zoo.predict.Prediction` per image (``labels``,
             ``probabilities``, ``indices``, in logit order).
         """
+        self._require_classes("predict labels")
         return predict(self, images, thresholds, transform=transform, batch_size=batch_size)
 
     # ------------------------------------------------------------------ deployment
@@ -550,6 +874,7 @@ class CPRFL(nn.Module):
         Returns:
             The deployed module, in eval mode; export it with :mod:`cprfl_zoo.export`.
         """
+        self._require_classes("be deployed")
         return DeployedCPRFL(self)
 
     # ------------------------------------------------------------------ sharing
@@ -642,3 +967,68 @@ class BackboneWeightsError(OSError):
             "pretrained=False for a randomly initialised backbone"
         )
         self.backbone = backbone
+
+
+# ---------------------------------------------------------------------- timm contract helpers
+def _check_fx_leaf(x: Any, attention: nn.Module) -> None:
+    """Say why a symbolic trace that would step into the prompt attention cannot go on."""
+    tracer = getattr(x, "tracer", None)
+    if tracer is not None and not tracer.is_leaf_module(attention, "vsi.attn"):
+        raise RuntimeError(
+            "torch.fx cannot trace into CPRFL's PromptAttention, which picks its attention "
+            "kernel from the inputs' device and sizes; trace with timm's settings, which keep "
+            "it whole: timm.models.create_feature_extractor(model, return_nodes), or "
+            "tracer_kwargs={'leaf_modules': timm.layers.get_notrace_modules(), "
+            "'autowrap_functions': timm.layers.get_notrace_functions()}"
+        )
+
+
+def _under_backbone(regex: str) -> str:
+    """Move a backbone's parameter-group regex under the ``backbone.`` prefix.
+
+    timm's patterns are matched at the start of a name and may be alternations
+    (``"^conv1|bn1|maxpool"``); each alternative is anchored after ``backbone.``.
+    """
+    inner = re.sub(r"(^|\|)\^", r"\1", regex)
+    return rf"^backbone\.(?:{inner})"
+
+
+def _prefixed_matcher_fn(fn: Callable[[str], Any]) -> Callable[[str], Any]:
+    def match(name: str) -> Any:
+        if name.startswith("backbone."):
+            return fn(name.removeprefix("backbone."))
+        return (float("inf"),)
+
+    return match
+
+
+def _prefixed_feature_info(backbone: nn.Module) -> list[dict[str, Any]]:
+    """The backbone's ``feature_info`` with module names under ``backbone.`` (empty if none)."""
+    info = getattr(backbone, "feature_info", None)
+    if info is None:
+        return []
+    entries = getattr(info, "info", info)  # a FeatureInfo or timm's list of dicts
+    out = []
+    for entry in entries:
+        entry = dict(entry)
+        if isinstance(entry.get("module"), str):
+            entry["module"] = f"backbone.{entry['module']}"
+        out.append(entry)
+    return out
+
+
+def _backbone_traits(backbone: nn.Module) -> dict[str, Any]:
+    """Timm's input traits of the model: the backbone's, its first conv under ``backbone.``."""
+    traits = dict(getattr(backbone, "_traits", None) or {})
+    first_conv = traits.get("first_conv")
+    if first_conv is None:
+        first_conv = (getattr(backbone, "pretrained_cfg", None) or {}).get("first_conv")
+    if isinstance(first_conv, str):
+        traits["first_conv"] = f"backbone.{first_conv}"
+    elif isinstance(first_conv, (list, tuple)):
+        traits["first_conv"] = tuple(f"backbone.{name}" for name in first_conv)
+    else:
+        traits.pop("first_conv", None)
+    traits.pop("in_chans", None)
+    traits.pop("num_classes", None)
+    return traits

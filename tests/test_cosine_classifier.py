@@ -25,7 +25,7 @@ def test_default_model_is_the_papers_dot_product():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         tokens = model.forward_features(x)
-        refined = model.forward_head(tokens, pre_logits=True)
+        refined = model.forward_refined(tokens)
         expected = torch.einsum("bcd,cd->bc", refined, model.get_prompts())
         torch.testing.assert_close(model(x), expected)
 
@@ -39,7 +39,7 @@ def test_cosine_logits_match_the_formula():
         model.logit_bias.fill_(-0.5)
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
-        refined = model.forward_head(model.forward_features(x), pre_logits=True)
+        refined = model.forward_refined(model.forward_features(x))
         prompts = model.get_prompts()
         cos = (refined / refined.norm(dim=-1, keepdim=True)) @ (
             prompts / prompts.norm(dim=-1, keepdim=True)

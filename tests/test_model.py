@@ -125,9 +125,13 @@ def test_forward_features_and_head(tiny_head):
     x = torch.randn(2, 3, 64, 64)
     feats = model.forward_features(x)
     assert feats.shape == (2, 4, model.backbone.num_features)
-    refined = model.forward_head(feats, pre_logits=True)
+    refined = model.forward_refined(feats)
     assert refined.shape == (2, 5, tiny_head["embed_dim"])
     torch.testing.assert_close(model.forward_head(feats), (refined * model.get_prompts()).sum(-1))
+    # timm's pre-logits: the class-independent average of the projected tokens, (B, d)
+    pre = model.forward_head(feats, pre_logits=True)
+    proj = model.visual_proj
+    torch.testing.assert_close(pre, (feats @ proj.weight.T).mean(1) + proj.bias)
     torch.testing.assert_close(model(x), model.forward_head(feats))
 
 
@@ -184,15 +188,15 @@ def test_dual_path_gradients_and_detach_flags(tiny_head):
     assert no_feat.backbone.conv1[0].weight.grad is None
 
 
-def test_group_matcher_splits_backbone_and_head(tiny_head):
+def test_group_matcher_is_the_backbones_then_the_head(tiny_head):
     model = make(tiny_head)
     groups = timm.models.group_parameters(model, model.group_matcher())
     names = dict(model.named_parameters())
-    backbone = [n for n in names if n.startswith("backbone.")]
     head = [n for n in names if not n.startswith("backbone.")]
-    assert sorted(groups[0]) == sorted(backbone)
-    assert sorted(groups[1]) == sorted(head)
-    assert head and backbone
+    last = max(groups)
+    assert sorted(groups[last]) == sorted(head)  # the head is the last group, as timm's heads
+    assert all(n.startswith("backbone.") for g in range(last) for n in groups[g])
+    assert head and last >= 2  # the backbone's own groups: stem, then its stages/blocks
 
 
 def test_no_weight_decay_is_prefixed(tiny_head):

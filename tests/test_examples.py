@@ -22,7 +22,7 @@ import open_clip
 import pytest
 import timm.data
 import torch
-from conftest import tiny_cprfl
+from conftest import LT_SPLITS_SKIP, lt_splits_dir, tiny_cprfl
 from PIL import Image
 from safetensors.torch import save_file
 from tiny_clip import TINY_CFG
@@ -576,10 +576,10 @@ def test_train_with_trainable_text_encoder(train_script, tiny_clip_dir, tmp_path
     assert embeddings.shape == (10, 16) and torch.isfinite(embeddings).all()
 
 
-LT_SPLITS = ROOT.parent / "shared" / "data" / "lt_splits"
+LT_SPLITS = lt_splits_dir()
 
 
-@pytest.mark.skipif(not LT_SPLITS.is_dir(), reason="the COCO-LT / VOC-LT split files are absent")
+@pytest.mark.skipif(not LT_SPLITS.is_dir(), reason=LT_SPLITS_SKIP)
 def test_train_on_voc_lt_reads_the_split_and_names_missing_images(train_script, tmp_path):
     argv = [a for a in TINY_TRAIN if a != "--synthetic"]
     argv += ["--dataset", "voc-lt", "--data-root", str(tmp_path), "--split-root", str(LT_SPLITS)]

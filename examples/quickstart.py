@@ -40,11 +40,8 @@ import argparse
 import importlib.util
 import math
 import os
-import socket
 import sys
-import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -61,6 +58,7 @@ import cprfl_zoo
 from cprfl_zoo.cli_args import positive_float, positive_int
 from cprfl_zoo.losses import AsymmetricLoss
 from cprfl_zoo.metrics import LongTailMAP, LongTailSplit, long_tail_map, long_tail_split
+from cprfl_zoo.network import hub_unavailable
 from cprfl_zoo.synthetic import make_digit_composites
 from cprfl_zoo.text import encode_class_names
 
@@ -149,34 +147,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------- network and weights
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face Hub answers within ``timeout`` seconds (DNS included)."""
-    if huggingface_hub.constants.is_offline_mode():
-        return False
-    host = urllib.parse.urlparse(huggingface_hub.constants.ENDPOINT).hostname or "huggingface.co"
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
-
-
 def setup_network(args: argparse.Namespace) -> bool:
     """Whether the Hub can be reached; if not, go offline, so that no download is retried."""
-    online = not args.offline and hub_reachable()
-    if not online:  # without this, every download attempt would spend about a minute retrying
+    reason = "--offline" if args.offline else hub_unavailable(timeout=3.0)
+    if reason is not None:  # without this, every download attempt would spend a minute retrying
         os.environ["HF_HUB_OFFLINE"] = "1"
         huggingface_hub.constants.HF_HUB_OFFLINE = True
-    print(f"network: {'Hugging Face Hub reachable' if online else 'offline'}")
-    return online
+    print(f"network: {'Hugging Face Hub reachable' if reason is None else f'offline ({reason})'}")
+    return reason is None
 
 
 def short_reason(error: Exception) -> str:

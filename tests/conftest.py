@@ -87,6 +87,16 @@ def tiny_head() -> dict:
 
 
 @pytest.fixture(autouse=True)
+def _no_hub_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Hub counts as reachable unless a test says otherwise: no test opens a connection, and
+    whether a download is tried depends on HF_HUB_OFFLINE alone, as it would online."""
+    from cprfl_zoo import network
+
+    monkeypatch.setattr(network, "_connects", lambda host, port, timeout: True)
+    monkeypatch.setattr(network, "_probes", {})
+
+
+@pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
     """Every test gets its own empty embedding cache, never the user's."""
     monkeypatch.setenv("CPRFL_ZOO_CACHE", str(tmp_path_factory.mktemp("cprfl_cache")))

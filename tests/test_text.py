@@ -538,6 +538,39 @@ def test_offline_miss_names_the_entry_and_how_to_fill_it(
     assert torch.equal(encode_class_names(names), torch.ones(2, 8))
 
 
+def test_unreachable_hub_fails_at_once_naming_the_weight_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, online, no_clip_build, tiny: Path
+) -> None:
+    """Without HF_HUB_OFFLINE, a Hub that does not answer is found out by one short probe, not
+    by a minute of huggingface_hub's retries; the probe only runs when the weights are missing."""
+    from cprfl_zoo import network
+
+    probes: list[str] = []
+    monkeypatch.setattr(network, "_connects", lambda host, port, timeout: probes.append(host))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(OfflineCacheMissError) as info:
+        encode_class_names(["person", "dog"])
+    message = str(info.value)
+    assert "the Hugging Face Hub (https://huggingface.co) did not answer within 5 s" in message
+    assert (
+        "open_clip_model.safetensors or open_clip_pytorch_model.bin of "
+        "https://huggingface.co/timm/resnet50_clip.openai is not in the local Hugging Face cache"
+    ) in message
+    assert "cprfl-zoo embed --classes classes.txt --model RN50-quickgelu" in message
+    assert probes == ["huggingface.co"]
+    with pytest.raises(OfflineCacheMissError, match="trainable_text_encoder=True needs"):
+        create_cprfl(
+            "test_resnet", class_names=["a"], pretrained_backbone=False,
+            trainable_text_encoder=True,
+        )  # fmt: skip
+    # Local weights need no Hub: no probe.
+    monkeypatch.setattr(open_clip, "create_model", open_clip.factory.create_model)
+    monkeypatch.setattr(network, "_probes", {})
+    encode_class_names(["dog"], TINY_NAME, tiny, cache_dir=tmp_path / "emb")
+    assert probes == ["huggingface.co"]
+
+
 def test_offline_with_local_or_hub_cached_weights_computes(
     tiny: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -33,6 +33,7 @@ _logger = logging.getLogger(__name__)
 __all__ = [
     "TextTower",
     "hub_weights_cached",
+    "hub_weights_location",
     "is_pretrained_tag",
     "load_text_tower",
     "model_names",
@@ -94,6 +95,39 @@ def open_clip_version() -> str:
     return open_clip.__version__
 
 
+def _hub_weights_files(
+    model_name: str, pretrained: str | None
+) -> tuple[list[tuple[str, list[str]]], str]:
+    """The Hub files open_clip loads for these weights, and the URL it falls back to.
+
+    Returns:
+        ``[(repo, candidate file names), ...]``, every entry needed (any candidate of each),
+        and the download URL of URL-hosted weights (``""`` if none).
+    """
+    import open_clip
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    if model_name.startswith("hf-hub:"):
+        repo = model_name[len("hf-hub:") :]
+        return [
+            (repo, ["open_clip_config.json"]),
+            (repo, [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]),
+        ], ""
+    cfg = open_clip.get_pretrained_cfg(model_name, pretrained or "")
+    files = []
+    if cfg.get("hf_hub"):
+        # open_clip's convention: "org/repo/" means the default file, "org/repo/file" a file.
+        repo, filename = os.path.split(cfg["hf_hub"])
+        filename = filename or HF_WEIGHTS_NAME
+        names = [filename]
+        if filename == HF_WEIGHTS_NAME:
+            names.insert(0, HF_SAFE_WEIGHTS_NAME)
+        elif filename.endswith((".bin", ".pth")):
+            names.insert(0, filename[:-4] + ".safetensors")
+        files.append((repo, names))
+    return files, cfg.get("url", "")
+
+
 def hub_weights_cached(model_name: str, pretrained: str | None) -> bool:
     """Return whether open_clip would find these hub weights without the network.
 
@@ -105,29 +139,30 @@ def hub_weights_cached(model_name: str, pretrained: str | None) -> bool:
         ``True`` when the weights are in the local Hugging Face cache (or, for weights that
         open_clip downloads from a URL, in its ``~/.cache/clip`` folder).
     """
-    import open_clip
-    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
-
-    if model_name.startswith("hf-hub:"):
-        repo = model_name[len("hf-hub:") :]
-        return hf_file_cached(repo, ["open_clip_config.json"]) and hf_file_cached(
-            repo, [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
-        )
-    cfg = open_clip.get_pretrained_cfg(model_name, pretrained or "")
-    if cfg.get("hf_hub"):
-        # open_clip's convention: "org/repo/" means the default file, "org/repo/file" a file.
-        repo, filename = os.path.split(cfg["hf_hub"])
-        filename = filename or HF_WEIGHTS_NAME
-        names = [filename]
-        if filename == HF_WEIGHTS_NAME:
-            names.insert(0, HF_SAFE_WEIGHTS_NAME)
-        elif filename.endswith((".bin", ".pth")):
-            names.insert(0, filename[:-4] + ".safetensors")
-        if hf_file_cached(repo, names):
-            return True
-    url = cfg.get("url", "")
+    files, url = _hub_weights_files(model_name, pretrained)
+    if files and all(hf_file_cached(repo, names) for repo, names in files):
+        return True
     return bool(url) and os.path.isfile(
         os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url))
+    )
+
+
+def hub_weights_location(model_name: str, pretrained: str | None) -> str:
+    """Name the files open_clip downloads for these weights, for error messages.
+
+    Args:
+        model_name: An open_clip model name or ``hf-hub:`` id.
+        pretrained: The pretrained tag of a model name; ``None`` for ``hf-hub:``.
+
+    Returns:
+        E.g. ``"open_clip_model.safetensors or open_clip_pytorch_model.bin of
+        https://huggingface.co/timm/resnet50_clip.openai"``, or the URL of URL-hosted weights.
+    """
+    files, url = _hub_weights_files(model_name, pretrained)
+    if not files:
+        return url or f"the weights of {model_name} ({pretrained})"
+    return "; ".join(
+        f"{' or '.join(names)} of https://huggingface.co/{repo}" for repo, names in files
     )
 
 

@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -849,3 +852,27 @@ def test_tower_config_round_trip(tiny: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert read_cache_entry({"model_name": "x", "class_names": []}, default_cache_dir()) is None
+
+
+# ---------------------------------------------------------------------- logging
+def test_encoding_leaves_the_applications_logging_alone(tiny: Path, tmp_path: Path) -> None:
+    """open_clip's root-logger calls would install a root handler (logging.basicConfig), after
+    which every huggingface_hub record prints twice: its own handler's copy and the root's."""
+    tests = Path(__file__).resolve().parent
+    code = (
+        "import logging, sys\n"
+        "from pathlib import Path\n"
+        "from tiny_clip import TINY_NAME, register_tiny_clip\n"
+        "from cprfl_zoo.text import encode_class_names\n"
+        "register_tiny_clip(Path(sys.argv[2]))\n"
+        "encode_class_names(['dog'], TINY_NAME, sys.argv[1], cache_dir=sys.argv[2],\n"
+        "                   progress=False)\n"
+        "print(logging.getLogger().handlers)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests.parent), str(tests)]))
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tiny), str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

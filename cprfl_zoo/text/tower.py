@@ -13,10 +13,11 @@ work shrinks (COCO's prompts need 8 of the 77 positions).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -41,6 +42,27 @@ __all__ = [
     "pretrained_tags",
     "text_arch",
 ]
+
+
+@contextlib.contextmanager
+def _no_implicit_logging_setup() -> Iterator[None]:
+    """Keep open_clip from setting up the application's logging.
+
+    open_clip logs through the root logger's module functions (``logging.info(...)``), which
+    call ``logging.basicConfig()`` when the root logger has no handler. From then on every record
+    of every library is printed by that handler too: huggingface_hub's, which have their own
+    handler, twice. A do-nothing handler on the root logger for the call prevents it.
+    """
+    root = logging.getLogger()
+    if root.handlers:
+        yield
+        return
+    handler = logging.NullHandler()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
 
 
 # ---------------------------------------------------------------------- the open_clip registry
@@ -378,9 +400,10 @@ class TextTower(nn.Module):
         if self._tokenizer is None:
             import open_clip
 
-            self._tokenizer = open_clip.get_tokenizer(
-                self.model_name, context_length=self.context_length
-            )
+            with _no_implicit_logging_setup():
+                self._tokenizer = open_clip.get_tokenizer(
+                    self.model_name, context_length=self.context_length
+                )
         tokens = self._tokenizer(build_prompts(class_names, self.templates)).long()
         if self.trimmable and len(tokens):
             tokens = tokens[:, : int(self.needed_lengths(tokens).max())]
@@ -456,9 +479,13 @@ def load_text_tower(config: TextConfig) -> TextTower:
     import open_clip
 
     _logger.info("loading the text tower of %s (%s)", config.model_name, config.pretrained)
-    model = open_clip.create_model(
-        config.model_name, pretrained=config.pretrained, require_pretrained=True, weights_only=True
-    )
+    with _no_implicit_logging_setup():
+        model = open_clip.create_model(
+            config.model_name,
+            pretrained=config.pretrained,
+            require_pretrained=True,
+            weights_only=True,
+        )
     tower = TextTower.from_open_clip(
         model,
         text_arch(config.model_name),

@@ -60,7 +60,6 @@ def local_dir_sha256(folder: Path) -> str:
     return digest.hexdigest()
 
 
-
 def hf_file_cached(repo_id: str, filenames: Sequence[str]) -> bool:
     """Return whether one of these files of a Hub repo is in the local Hugging Face cache.
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -73,11 +74,29 @@ def _safe_ratio(num: Tensor, den: Tensor) -> float:
     return float(num / den) if float(den) > 0 else 0.0
 
 
+def _check_threshold(threshold: float | Tensor | Sequence[float], scores: Tensor) -> Tensor:
+    """The threshold as a tensor that broadcasts against ``(N, C)`` scores."""
+    num_classes = scores.shape[1]
+    if isinstance(threshold, (bool, str)) or not isinstance(
+        threshold, (int, float, Tensor, Sequence)
+    ):
+        raise ValueError(f"threshold must be a number or one per class, got {threshold!r}")
+    value = torch.as_tensor(threshold, dtype=torch.float64).to(scores.device)
+    if value.dim() > 1 or (value.dim() == 1 and value.numel() != num_classes):
+        raise ValueError(
+            f"threshold must be one number or one per class ({num_classes}), got shape "
+            f"{tuple(value.shape)}"
+        )
+    if bool(torch.isnan(value).any()):
+        raise ValueError("threshold must not be NaN")
+    return value.to(scores.dtype) if scores.is_floating_point() else value
+
+
 def threshold_metrics(
     scores: Tensor,
     targets: Tensor,
     *,
-    threshold: float | None = None,
+    threshold: float | Tensor | Sequence[float] | None = None,
     top_k: int | None = None,
 ) -> ThresholdMetrics:
     """OP, OR, OF1, CP, CR and CF1 of thresholded and/or top-k predictions.
@@ -96,7 +115,8 @@ def threshold_metrics(
     Args:
         scores: ``(N, C)`` logits or probabilities.
         targets: ``(N, C)`` multi-hot 0/1 targets.
-        threshold: Score threshold, or ``None`` for none.
+        threshold: Score threshold, one for every class or ``(C,)`` per-class thresholds (a
+            calibrated model's ``get_thresholds()`` on probabilities), or ``None`` for none.
         top_k: Number of labels kept per image, or ``None`` for no top-k restriction.
 
     Returns:
@@ -117,11 +137,7 @@ def threshold_metrics(
         keep = scores.topk(top_k, dim=1).indices
         predicted = torch.zeros_like(targets).scatter_(1, keep, True)
     if threshold is not None:
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-            raise ValueError(f"threshold must be a number, got {threshold!r}")
-        if math.isnan(threshold):
-            raise ValueError("threshold must not be NaN")
-        predicted = predicted & (scores >= threshold)
+        predicted = predicted & (scores >= _check_threshold(threshold, scores))
     true_pos = (predicted & targets).sum(0).to(torch.float64)
     num_pred = predicted.sum(0).to(torch.float64)
     num_gt = targets.sum(0).to(torch.float64)

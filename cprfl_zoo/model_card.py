@@ -7,10 +7,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from huggingface_hub import ModelCard, ModelCardData
 from torch import nn
 
-__all__ = ["CPRFL_CITATION", "MODEL_CARD_NAME", "build_model_card"]
+__all__ = ["CPRFL_CITATION", "MODEL_CARD_NAME", "build_model_card", "card_metrics"]
 
 MODEL_CARD_NAME = "README.md"
 _CARD_TAGS = ("image-classification", "timm", "multi-label", "long-tail", "cprfl")
@@ -27,10 +28,58 @@ CPRFL_CITATION = """@inproceedings{yan2024cprfl,
 }"""
 
 
+# The metrics computed at decision thresholds (the others, mAP and AP, rank the scores).
+_THRESHOLDED = ("OP", "OR", "OF1", "CP", "CR", "CF1")
+
+
 def _format_value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.2f}" if abs(value) >= 1 else f"{value:.4f}"
-    return str(value)
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def card_metrics(
+    model: nn.Module,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    train_class_counts: Any = None,
+    head_threshold: int = 100,
+    tail_threshold: int = 20,
+) -> dict[str, float]:
+    """The model card's results of an evaluation, in percent, at the model's own thresholds.
+
+    mAP (with head / medium / tail mAP when the training counts are given), and OF1 / CF1 of
+    ``sigmoid(logit) >= threshold`` with the thresholds the model carries: its calibrated
+    per-class thresholds, or 0.5 when it has none (``model.get_thresholds()``). Pass the result
+    as ``save_pretrained(..., metrics=...)``; the card says which thresholds those were.
+
+    Args:
+        model: The model, as it is saved (after any calibration).
+        logits: ``(N, C)`` logits of the evaluation set.
+        targets: ``(N, C)`` multi-hot targets.
+        train_class_counts: ``(C,)`` training positives per class, for the head / medium / tail
+            mAP, or None.
+        head_threshold: See :func:`cprfl_zoo.metrics.long_tail_split`.
+        tail_threshold: See :func:`cprfl_zoo.metrics.long_tail_split`.
+
+    Returns:
+        ``{"mAP", ["head mAP", "medium mAP", "tail mAP",] "OF1", "CF1"}`` in percent; a group
+        without classes is left out.
+    """
+    from .metrics import long_tail_map, long_tail_split, mean_average_precision, threshold_metrics
+
+    results: dict[str, float] = {}
+    if train_class_counts is not None:
+        split = long_tail_split(train_class_counts, head_threshold, tail_threshold)
+        groups = long_tail_map(logits, targets, split).as_dict(100)
+        names = {"mAP": "mAP", "mAP_head": "head mAP", "mAP_medium": "medium mAP"}
+        names["mAP_tail"] = "tail mAP"
+        results.update({names[k]: v for k, v in groups.items() if math.isfinite(v)})
+    else:
+        results["mAP"] = 100 * mean_average_precision(logits, targets).map
+    thresholds = model.get_thresholds().to(logits.device)
+    at = threshold_metrics(logits, targets, threshold=thresholds, from_logits=True).as_dict(100)
+    results.update(OF1=at["OF1"], CF1=at["CF1"])
+    return results
 
 
 def _check_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -83,8 +132,10 @@ def build_model_card(
     Args:
         model: The model.
         repo_id: Hub repository id used in the loading snippet (a placeholder when omitted).
-        metrics: Evaluation results to report, e.g. ``{"mAP": 56.3, "head mAP": 60.1,
-            "medium mAP": 58.4, "tail mAP": 48.9}``.
+        metrics: Evaluation results to report, in percent, e.g. ``{"mAP": 56.3, "head mAP":
+            60.1, "medium mAP": 58.4, "tail mAP": 48.9, "CF1": 52.0}``; thresholded metrics
+            (OP, OR, OF1, CP, CR, CF1) at the thresholds the model carries, which the card
+            names. :func:`card_metrics` computes them from an evaluation's logits.
         model_card: Optional extra fields: ``description``, ``dataset``, ``license``, ``tags``
             (added to the defaults), ``notes`` and ``model_name``.
 
@@ -149,9 +200,9 @@ def build_model_card(
         lines += ["## Results", ""]
         if fields.get("dataset"):
             lines += [f"On {fields['dataset']}:", ""]
-        lines += ["| Metric | Value |", "| --- | --- |"]
+        lines += ["| Metric | Value (%) |", "| --- | --- |"]
         lines += [f"| {k} | {_format_value(v)} |" for k, v in values.items()]
-        lines.append("")
+        lines += ["", _results_note(model, values), ""]
     lines += [
         "## How to use",
         "",
@@ -201,6 +252,19 @@ def build_model_card(
     lines += ["## Citation", "", "```bibtex", CPRFL_CITATION, "```", ""]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
     return str(card)
+
+
+def _results_note(model: nn.Module, values: Mapping[str, Any]) -> str:
+    note = "In percent."
+    thresholded = [k for k in values if k.split()[0] in _THRESHOLDED]
+    if thresholded:
+        at = (
+            "the model's calibrated per-class thresholds (below)"
+            if getattr(model, "thresholds", None) is not None
+            else "probability 0.5 for every class (the model is not calibrated)"
+        )
+        note += f" {', '.join(thresholded)}: predictions at {at}."
+    return note
 
 
 def _threshold_lines(model: nn.Module) -> list[str]:

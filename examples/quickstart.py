@@ -3,8 +3,9 @@
     pip install -e ".[examples]"
     python examples/quickstart.py
 
-What it does, with the emoji images (when the two npm tarballs are in the cache folder; it
-prints the ``npm pack`` command that fetches them otherwise):
+What it does, with the emoji images (two npm tarballs, about 130 MB, which it downloads into the
+cache folder the first time: with ``npm pack`` where npm is installed, else over HTTPS from the npm
+registry, checked against the registry's SHA-512):
 
 1. composes the long-tailed multi-label emoji set of ``benchmarks/lt_emoji.py`` (72 emoji named
    things in 9 subcategories, drawn in two styles, 1-4 per 96 px canvas; 63 classes trained with
@@ -20,11 +21,12 @@ prints the ``npm pack`` command that fetches them otherwise):
 5. saves the CPRFL model with ``save_pretrained``, reloads it and checks the logits, and shows
    the top labels for a few test images (saved as PNG files for ``predict.py``).
 
-Without the emoji tarballs or the examples' packages it says so and falls back to the older
-digits demo (``--data digits`` chooses it): a small long-tailed set composed from scikit-learn's
-digits, a small timm backbone trained end to end, and CLIP text embeddings of the class names
-(OpenAI RN50, when they can be downloaded or are cached) or seeded random ones. A seconds-long
-run of it: ``--data digits --epochs 1 --train-images 96 --test-images 48 --img-size 32``.
+Offline without the emoji tarballs (or ``--offline``), or without the examples' packages, it says
+so and falls back to the older digits demo (``--data digits`` chooses it, about a minute on one
+CPU thread): a small long-tailed set composed from scikit-learn's digits, a small timm backbone
+trained end to end, and CLIP text embeddings of the class names (OpenAI RN50, when they can be
+downloaded or are cached) or seeded random ones. A seconds-long run of it:
+``--data digits --epochs 1 --train-images 96 --test-images 48 --img-size 32``.
 
 ``main`` runs the steps one function each: ``choose_demo``, then for the digits
 ``digits_data``, ``digits_models``, ``fit`` / ``predict`` and for the emoji ``emoji_data``,
@@ -38,11 +40,8 @@ import argparse
 import importlib.util
 import math
 import os
-import socket
 import sys
-import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -59,6 +58,7 @@ import cprfl_zoo
 from cprfl_zoo.cli_args import positive_float, positive_int
 from cprfl_zoo.losses import AsymmetricLoss
 from cprfl_zoo.metrics import LongTailMAP, LongTailSplit, long_tail_map, long_tail_split
+from cprfl_zoo.network import hub_unavailable
 from cprfl_zoo.synthetic import make_digit_composites
 from cprfl_zoo.text import encode_class_names
 
@@ -105,11 +105,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--data",
         choices=("auto", "emoji", "digits"),
         default="auto",
-        help="emoji (needs the npm tarballs and the examples' packages), digits, or auto: "
-        "emoji when possible (default)",
+        help="emoji (needs the npm tarballs, downloaded when missing, and the examples' "
+        "packages), digits, or auto: emoji when possible (default)",
     )
     parser.add_argument(
-        "--data-dir", type=Path, help="folder of the emoji npm tarballs (default: the cache)"
+        "--data-dir",
+        type=Path,
+        help="folder of the emoji npm tarballs, where missing ones are downloaded (default: "
+        "<cache>/datasets/emoji, the cache being $CPRFL_ZOO_CACHE or ~/.cache/cprfl_zoo)",
     )
     parser.add_argument(
         "--epochs", type=positive_int, default=None, help="training epochs (emoji 20, digits 12)"
@@ -131,7 +134,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--offline", action="store_true", help="do not try to download CLIP or ImageNet weights"
+        "--offline",
+        action="store_true",
+        help="download nothing (neither the emoji images nor CLIP or ImageNet weights)",
     )
     args = parser.parse_args(argv)
     if args.output.exists() and not args.output.is_dir():
@@ -142,34 +147,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------- network and weights
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face Hub answers within ``timeout`` seconds (DNS included)."""
-    if huggingface_hub.constants.is_offline_mode():
-        return False
-    host = urllib.parse.urlparse(huggingface_hub.constants.ENDPOINT).hostname or "huggingface.co"
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
-
-
 def setup_network(args: argparse.Namespace) -> bool:
     """Whether the Hub can be reached; if not, go offline, so that no download is retried."""
-    online = not args.offline and hub_reachable()
-    if not online:  # without this, every download attempt would spend about a minute retrying
+    reason = "--offline" if args.offline else hub_unavailable(timeout=3.0)
+    if reason is not None:  # without this, every download attempt would spend a minute retrying
         os.environ["HF_HUB_OFFLINE"] = "1"
         huggingface_hub.constants.HF_HUB_OFFLINE = True
-    print(f"network: {'Hugging Face Hub reachable' if online else 'offline'}")
-    return online
+    print(f"network: {'Hugging Face Hub reachable' if reason is None else f'offline ({reason})'}")
+    return reason is None
 
 
 def short_reason(error: Exception) -> str:
@@ -240,7 +225,28 @@ def emoji_unavailable(args: argparse.Namespace) -> str | None:
     try:
         _emoji.find_tarballs(args.data_dir, verify=False)
     except FileNotFoundError as e:
+        if args.offline:
+            return f"{e}\n(--offline: not downloading them)"
+        return fetch_emoji(args, _emoji)
+    return None
+
+
+def fetch_emoji(args: argparse.Namespace, _emoji: ModuleType) -> str | None:
+    """Download the missing emoji tarballs into the cache (or ``--data-dir``); None on success,
+    else why not (a printable note)."""
+    folder = args.data_dir or _emoji.default_data_dir()
+    packages = " and ".join(f"{_emoji.package_name(s)}@{_emoji.VERSION}" for s in _emoji.STYLES)
+    print(f"\nemoji images: downloading the npm packages {packages} (about 130 MB) into {folder}")
+    start = time.perf_counter()
+    try:
+        found = _emoji.fetch_tarballs(args.data_dir)
+    except (OSError, ValueError) as e:
         return str(e)
+    sizes = sum(p.stat().st_size for p in found.values()) / 2**20
+    print(
+        f"  saved {', '.join(p.name for p in found.values())} ({sizes:.0f} MiB, checked against "
+        f"the registry's SHA-512) in {time.perf_counter() - start:.0f} s; later runs reuse them"
+    )
     return None
 
 
@@ -603,7 +609,6 @@ def logits_of(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
 def run_emoji(args: argparse.Namespace) -> int:
     """The emoji demo: the frozen regime of benchmarks/lt_emoji.py for one seed."""
     _assets, _emoji, lt = benchmark_modules()
-    torch.set_num_threads(1)  # these heads run fastest on one thread (see the benchmark)
     data, names, cfg, split = emoji_data(args, _emoji, lt)
     backbone, tokens, text = emoji_features(data, names, _assets, lt)
     ctx = {"data": data, "names": names, "cfg": cfg, "split": split, "backbone": backbone}
@@ -640,7 +645,15 @@ def main(argv: list[str] | None = None) -> int:
     demo = choose_demo(args)
     if demo is None:
         return 1
-    status = run_emoji(args) if demo == "emoji" else run_digits(args)
+    # Both demos run many small operations, fastest and steadiest on one thread: with two
+    # threads on 2 cores that something else also uses, a training step ran up to 10 times
+    # slower (the digits demo took 705 s instead of about 75 s).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        status = run_emoji(args) if demo == "emoji" else run_digits(args)
+    finally:
+        torch.set_num_threads(threads)
     print(f"done in {time.perf_counter() - start:.0f} s")
     return status
 

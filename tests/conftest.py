@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +9,27 @@ import torch
 
 # Two cores are shared by the test processes; one torch thread each keeps them from thrashing.
 torch.set_num_threads(int(os.environ.get("CPRFL_TEST_THREADS", "1")))
+
+# The COCO-LT / VOC-LT list files (a folder laid out like the official repository's data/:
+# coco/coco_lt_train.txt, ..., voc/...) for the tests that read the real splits.
+LT_SPLITS_ENV = "CPRFL_LT_SPLITS"
+# Where this project's development machines keep them, used when the variable is not set.
+_DEV_LT_SPLITS = Path(__file__).resolve().parents[2] / "shared" / "data" / "lt_splits"
+
+
+def lt_splits_dir() -> Path:
+    """The folder of the real COCO-LT / VOC-LT split files (may not exist: see
+    :data:`LT_SPLITS_SKIP`)."""
+    value = os.environ.get(LT_SPLITS_ENV)
+    return Path(value).expanduser() if value else _DEV_LT_SPLITS
+
+
+LT_SPLITS_SKIP = (
+    f"the COCO-LT / VOC-LT split files are not available: set {LT_SPLITS_ENV} to a folder laid "
+    "out like the data/ folder of github.com/jiexuanyan/CPRFL (coco/coco_lt_train.txt, "
+    "coco/coco_lt_test.txt, coco/coco_labels.txt, voc/voc_lt_train.txt, ...); "
+    "cprfl_zoo.data.download_lt_split fetches the lists into such a folder"
+)
 
 TINY_HEAD = {"embed_dim": 32, "num_heads": 2, "head_dim": 8, "mlp_hidden_dim": 24}
 
@@ -62,6 +84,16 @@ def value_and_grad(fn, x, y, upstream_seed=1):
 @pytest.fixture
 def tiny_head() -> dict:
     return dict(TINY_HEAD)
+
+
+@pytest.fixture(autouse=True)
+def _no_hub_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Hub counts as reachable unless a test says otherwise: no test opens a connection, and
+    whether a download is tried depends on HF_HUB_OFFLINE alone, as it would online."""
+    from cprfl_zoo import network
+
+    monkeypatch.setattr(network, "_connects", lambda host, port, timeout: True)
+    monkeypatch.setattr(network, "_probes", {})
 
 
 @pytest.fixture(autouse=True)

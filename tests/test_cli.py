@@ -146,3 +146,39 @@ def test_load_model_spec_refuses_a_missing_folder(tmp_path: Path) -> None:
 
     with pytest.raises(CommandError, match=r"MODEL .*nope: not a folder; give a saved model"):
         load_model_spec(str(tmp_path / "nope"))
+
+
+def test_each_log_record_prints_once() -> None:
+    """huggingface_hub's loggers have a handler of their own and also pass records to the root
+    logger, which main sets up: its warnings (download retries...) printed twice."""
+    import os
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent("""
+        import argparse, logging, sys
+        import cprfl_zoo.cli as cli
+        from huggingface_hub.utils import logging as hf_logging
+
+        def warn(args):
+            hf_logging.get_logger("huggingface_hub.file_download").warning("hub says hi")
+            logging.getLogger("cprfl_zoo.test").warning("we say hi")
+            return 0
+
+        def build_parser():
+            parser = argparse.ArgumentParser()
+            parser.add_argument("-v", "--verbose", action="count", default=0)
+            parser.set_defaults(func=warn, command="test")
+            return parser
+
+        cli.build_parser = build_parser
+        sys.exit(cli.main([]))
+    """)
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("hub says hi") == 1, done.stderr
+    assert done.stderr.count("we say hi") == 1, done.stderr

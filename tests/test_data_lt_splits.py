@@ -1,7 +1,7 @@
 import hashlib
-from pathlib import Path
 
 import pytest
+from conftest import LT_SPLITS_SKIP, lt_splits_dir
 
 from cprfl_zoo.class_lists import COCO_LT_CLASSES, VOC_LT_CLASSES
 from cprfl_zoo.data import (
@@ -14,10 +14,8 @@ from cprfl_zoo.data import (
     read_label_file,
 )
 
-LT_SPLITS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lt_splits"
-needs_lt_splits = pytest.mark.skipif(
-    not LT_SPLITS.is_dir(), reason="../shared/data/lt_splits not available"
-)
+LT_SPLITS = lt_splits_dir()
+needs_lt_splits = pytest.mark.skipif(not LT_SPLITS.is_dir(), reason=LT_SPLITS_SKIP)
 
 
 def test_benchmark_info():

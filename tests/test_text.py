@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -538,6 +541,39 @@ def test_offline_miss_names_the_entry_and_how_to_fill_it(
     assert torch.equal(encode_class_names(names), torch.ones(2, 8))
 
 
+def test_unreachable_hub_fails_at_once_naming_the_weight_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, online, no_clip_build, tiny: Path
+) -> None:
+    """Without HF_HUB_OFFLINE, a Hub that does not answer is found out by one short probe, not
+    by a minute of huggingface_hub's retries; the probe only runs when the weights are missing."""
+    from cprfl_zoo import network
+
+    probes: list[str] = []
+    monkeypatch.setattr(network, "_connects", lambda host, port, timeout: probes.append(host))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(OfflineCacheMissError) as info:
+        encode_class_names(["person", "dog"])
+    message = str(info.value)
+    assert "the Hugging Face Hub (https://huggingface.co) did not answer within 5 s" in message
+    assert (
+        "open_clip_model.safetensors or open_clip_pytorch_model.bin of "
+        "https://huggingface.co/timm/resnet50_clip.openai is not in the local Hugging Face cache"
+    ) in message
+    assert "cprfl-zoo embed --classes classes.txt --model RN50-quickgelu" in message
+    assert probes == ["huggingface.co"]
+    with pytest.raises(OfflineCacheMissError, match="trainable_text_encoder=True needs"):
+        create_cprfl(
+            "test_resnet", class_names=["a"], pretrained_backbone=False,
+            trainable_text_encoder=True,
+        )  # fmt: skip
+    # Local weights need no Hub: no probe.
+    monkeypatch.setattr(open_clip, "create_model", open_clip.factory.create_model)
+    monkeypatch.setattr(network, "_probes", {})
+    encode_class_names(["dog"], TINY_NAME, tiny, cache_dir=tmp_path / "emb")
+    assert probes == ["huggingface.co"]
+
+
 def test_offline_with_local_or_hub_cached_weights_computes(
     tiny: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -816,3 +852,27 @@ def test_tower_config_round_trip(tiny: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert read_cache_entry({"model_name": "x", "class_names": []}, default_cache_dir()) is None
+
+
+# ---------------------------------------------------------------------- logging
+def test_encoding_leaves_the_applications_logging_alone(tiny: Path, tmp_path: Path) -> None:
+    """open_clip's root-logger calls would install a root handler (logging.basicConfig), after
+    which every huggingface_hub record prints twice: its own handler's copy and the root's."""
+    tests = Path(__file__).resolve().parent
+    code = (
+        "import logging, sys\n"
+        "from pathlib import Path\n"
+        "from tiny_clip import TINY_NAME, register_tiny_clip\n"
+        "from cprfl_zoo.text import encode_class_names\n"
+        "register_tiny_clip(Path(sys.argv[2]))\n"
+        "encode_class_names(['dog'], TINY_NAME, sys.argv[1], cache_dir=sys.argv[2],\n"
+        "                   progress=False)\n"
+        "print(logging.getLogger().handlers)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests.parent), str(tests)]))
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tiny), str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

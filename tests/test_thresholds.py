@@ -111,6 +111,42 @@ def test_model_card_warns_about_softmax_and_shows_predict_first() -> None:
     assert "Not calibrated: every class uses probability 0.5" in card
 
 
+def _f1s_by_hand(probs: torch.Tensor, targets: torch.Tensor, t: list[float]) -> tuple[float, float]:
+    """OF1 and CF1 (percent) of ``probs[:, c] >= t[c]`` from the definitions, in plain Python."""
+    n, c = probs.shape
+    pred = [[probs[i, j].item() >= t[j] for j in range(c)] for i in range(n)]
+    gt = [[targets[i, j].item() == 1 for j in range(c)] for i in range(n)]
+    tp = [sum(pred[i][j] and gt[i][j] for i in range(n)) for j in range(c)]
+    npred = [sum(pred[i][j] for i in range(n)) for j in range(c)]
+    ngt = [sum(gt[i][j] for i in range(n)) for j in range(c)]
+    op, orec = sum(tp) / sum(npred), sum(tp) / sum(ngt)
+    cp = sum(tp[j] / npred[j] if npred[j] else 0.0 for j in range(c)) / c
+    cr = sum(tp[j] / ngt[j] for j in range(c)) / c
+    return 200 * op * orec / (op + orec), 200 * cp * cr / (cp + cr)
+
+
+@pytest.mark.parametrize("thresholds", [None, [0.2, 0.7, 0.45, 0.9]])
+def test_card_metrics_use_the_models_thresholds_and_the_card_says_which(thresholds) -> None:
+    from cprfl_zoo.model_card import card_metrics
+
+    model = _model(thresholds=thresholds)
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(40, 4, generator=g) * 2
+    targets = (torch.rand(40, 4, generator=g) < 0.4).float()
+    targets[0] = 1
+    got = card_metrics(model, logits, targets, train_class_counts=[150, 50, 30, 5])
+    expected_of1, expected_cf1 = _f1s_by_hand(logits.sigmoid(), targets, thresholds or [0.5] * 4)
+    assert got["OF1"] == pytest.approx(expected_of1) and got["CF1"] == pytest.approx(expected_cf1)
+    assert set(got) == {"mAP", "head mAP", "medium mAP", "tail mAP", "OF1", "CF1"}
+    assert 0 <= got["mAP"] <= 100  # percent
+    card = build_model_card(model, metrics=got)
+    assert "| Metric | Value (%) |" in card and f"| CF1 | {got['CF1']:.2f} |" in card
+    if thresholds is None:
+        assert "OF1, CF1: predictions at probability 0.5 for every class" in card
+    else:
+        assert "OF1, CF1: predictions at the model's calibrated per-class thresholds" in card
+
+
 # ---------------------------------------------------------------------- calibration
 def _brute_force_best_f1(probs: list[float], targets: list[int]) -> float:
     """Best F1 of ``prob >= t`` over every candidate threshold (each distinct score, and 'none')."""

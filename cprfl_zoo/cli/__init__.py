@@ -72,6 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_huggingface_hub_once() -> None:
+    """Print huggingface_hub's records once, through the root handler set up here.
+
+    huggingface_hub gives its loggers a handler of their own and still passes every record on to
+    the root logger, so with a root handler each of its warnings would print twice.
+    """
+    import huggingface_hub.utils.logging  # noqa: F401  (adds its handler when imported)
+
+    hub = logging.getLogger("huggingface_hub")
+    for handler in [h for h in hub.handlers if type(h) is logging.StreamHandler]:
+        hub.removeHandler(handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``cprfl-zoo`` command line.
 
@@ -87,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    _log_huggingface_hub_once()
     try:
         return int(args.func(args))
     except (CommandError, ValueError, OSError, RuntimeError, ImportError) as e:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..classes import validate_class_inputs
+from ..network import hub_unavailable
 from .cache import (
     CACHE_ENV,
     cache_file_name,
@@ -29,8 +30,7 @@ from .cache import (
 from .encoder import DEFAULT_MODEL_NAME, TextConfig, TextEncoderFn, resolve_text_config
 from .sentence import encode_sentences, sentence_folder
 from .templates import build_prompts, combine_templates
-from .tower import load_text_tower
-from .weights import is_offline
+from .tower import hub_weights_location, load_text_tower
 
 _logger = logging.getLogger(__name__)
 
@@ -107,8 +107,9 @@ def encode_with_config(
         if cached is not None:
             _logger.debug("class embeddings read from %s", entry)
             return EncodedClassNames(cached, config.provenance(cached.shape[1]), entry, True)
-    if is_offline() and not config.weights_available_offline():
-        raise OfflineCacheMissError(_offline_error(config, entry, len(names)))
+    reason = _weights_unreachable(config)
+    if reason is not None:
+        raise OfflineCacheMissError(_offline_error(config, entry, len(names), reason))
 
     embeddings = _encode_with_tower(config, names, batch_size, device, progress)
     provenance = config.provenance(embeddings.shape[1])
@@ -175,7 +176,22 @@ def _encode_with_callable(config: TextConfig, names: list[str]) -> EncodedClassN
     return EncodedClassNames(out.contiguous(), config.provenance(out.shape[1]), None, False)
 
 
-def _offline_error(config: TextConfig, entry: Path | None, num_classes: int) -> str:
+def _weights_unreachable(config: TextConfig) -> str | None:
+    """Why the weights can neither be read locally nor downloaded now, or None.
+
+    The Hub is probed only when the weights are not cached, within seconds (see
+    :mod:`cprfl_zoo.network`), instead of letting huggingface_hub retry for a minute.
+    """
+    if config.weights_available_offline():
+        return None
+    reason = hub_unavailable()
+    if reason is None:
+        return None
+    where = hub_weights_location(config.model_name, config.pretrained)
+    return f"{reason}, and {where} is not in the local Hugging Face cache"
+
+
+def _offline_error(config: TextConfig, entry: Path | None, num_classes: int, reason: str) -> str:
     options = f" --pretrained {config.pretrained}" if config.pretrained else ""
     options += "".join(f" --template {t!r}" for t in config.templates)
     if config.normalize and len(config.templates) == 1:
@@ -193,8 +209,7 @@ def _offline_error(config: TextConfig, entry: Path | None, num_classes: int) -> 
     )
     return (
         f"cannot compute class embeddings of {num_classes} classes with {config.model_name} "
-        f"({config.weights_identity()}): {where}, and the CLIP weights are not in the local "
-        "cache while Hugging Face is offline (HF_HUB_OFFLINE). Fill the cache on a machine with "
+        f"({config.weights_identity()}): {where}, and {reason}. Fill the cache on a machine with "
         "internet: write the class names, one per line, to classes.txt and run `cprfl-zoo embed "
         f"--classes classes.txt --model {config.model_name}{options}`{fill}; or pass the "
         "embeddings yourself with text_embeddings="
@@ -415,11 +430,14 @@ def _trainable_inputs(config: TextConfig, names: list[str]) -> dict[str, Any]:
             "trainable_text_encoder=True needs an open_clip text tower; a callable text_encoder "
             "can only give frozen embeddings"
         )
-    if is_offline() and not config.weights_available_offline():
+    reason = _weights_unreachable(config)
+    if reason is not None:
         raise OfflineCacheMissError(
             f"trainable_text_encoder=True needs the weights of {config.model_name} "
-            f"({config.weights_identity()}), which are not in the local cache while Hugging "
-            "Face is offline (HF_HUB_OFFLINE); download them on a connected machine first"
+            f"({config.weights_identity()}), but {reason}; download them on a connected machine "
+            'first (python -c "import open_clip; open_clip.create_model('
+            f"'{config.model_name}', pretrained='{config.pretrained}')\") and copy the Hugging "
+            "Face cache folder (HF_HOME), or pass a local file as text_pretrained"
         )
     tower = load_text_tower(config)
     if not tower.is_text_transformer:

@@ -13,10 +13,11 @@ work shrinks (COCO's prompts need 8 of the 77 positions).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -40,6 +41,7 @@ _logger = logging.getLogger(__name__)
 __all__ = [
     "TextTower",
     "hub_weights_cached",
+    "hub_weights_location",
     "is_pretrained_tag",
     "load_text_tower",
     "model_names",
@@ -47,6 +49,27 @@ __all__ = [
     "pretrained_tags",
     "text_arch",
 ]
+
+
+@contextlib.contextmanager
+def _no_implicit_logging_setup() -> Iterator[None]:
+    """Keep open_clip from setting up the application's logging.
+
+    open_clip logs through the root logger's module functions (``logging.info(...)``), which
+    call ``logging.basicConfig()`` when the root logger has no handler. From then on every record
+    of every library is printed by that handler too: huggingface_hub's, which have their own
+    handler, twice. A do-nothing handler on the root logger for the call prevents it.
+    """
+    root = logging.getLogger()
+    if root.handlers:
+        yield
+        return
+    handler = logging.NullHandler()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
 
 
 # ---------------------------------------------------------------------- the open_clip registry
@@ -101,6 +124,39 @@ def open_clip_version() -> str:
     return open_clip.__version__
 
 
+def _hub_weights_files(
+    model_name: str, pretrained: str | None
+) -> tuple[list[tuple[str, list[str]]], str]:
+    """The Hub files open_clip loads for these weights, and the URL it falls back to.
+
+    Returns:
+        ``[(repo, candidate file names), ...]``, every entry needed (any candidate of each),
+        and the download URL of URL-hosted weights (``""`` if none).
+    """
+    import open_clip
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    if model_name.startswith("hf-hub:"):
+        repo = model_name[len("hf-hub:") :]
+        return [
+            (repo, ["open_clip_config.json"]),
+            (repo, [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]),
+        ], ""
+    cfg = open_clip.get_pretrained_cfg(model_name, pretrained or "")
+    files = []
+    if cfg.get("hf_hub"):
+        # open_clip's convention: "org/repo/" means the default file, "org/repo/file" a file.
+        repo, filename = os.path.split(cfg["hf_hub"])
+        filename = filename or HF_WEIGHTS_NAME
+        names = [filename]
+        if filename == HF_WEIGHTS_NAME:
+            names.insert(0, HF_SAFE_WEIGHTS_NAME)
+        elif filename.endswith((".bin", ".pth")):
+            names.insert(0, filename[:-4] + ".safetensors")
+        files.append((repo, names))
+    return files, cfg.get("url", "")
+
+
 def hub_weights_cached(model_name: str, pretrained: str | None) -> bool:
     """Return whether open_clip would find these hub weights without the network.
 
@@ -112,29 +168,30 @@ def hub_weights_cached(model_name: str, pretrained: str | None) -> bool:
         ``True`` when the weights are in the local Hugging Face cache (or, for weights that
         open_clip downloads from a URL, in its ``~/.cache/clip`` folder).
     """
-    import open_clip
-    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
-
-    if model_name.startswith("hf-hub:"):
-        repo = model_name[len("hf-hub:") :]
-        return hf_file_cached(repo, ["open_clip_config.json"]) and hf_file_cached(
-            repo, [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
-        )
-    cfg = open_clip.get_pretrained_cfg(model_name, pretrained or "")
-    if cfg.get("hf_hub"):
-        # open_clip's convention: "org/repo/" means the default file, "org/repo/file" a file.
-        repo, filename = os.path.split(cfg["hf_hub"])
-        filename = filename or HF_WEIGHTS_NAME
-        names = [filename]
-        if filename == HF_WEIGHTS_NAME:
-            names.insert(0, HF_SAFE_WEIGHTS_NAME)
-        elif filename.endswith((".bin", ".pth")):
-            names.insert(0, filename[:-4] + ".safetensors")
-        if hf_file_cached(repo, names):
-            return True
-    url = cfg.get("url", "")
+    files, url = _hub_weights_files(model_name, pretrained)
+    if files and all(hf_file_cached(repo, names) for repo, names in files):
+        return True
     return bool(url) and os.path.isfile(
         os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url))
+    )
+
+
+def hub_weights_location(model_name: str, pretrained: str | None) -> str:
+    """Name the files open_clip downloads for these weights, for error messages.
+
+    Args:
+        model_name: An open_clip model name or ``hf-hub:`` id.
+        pretrained: The pretrained tag of a model name; ``None`` for ``hf-hub:``.
+
+    Returns:
+        E.g. ``"open_clip_model.safetensors or open_clip_pytorch_model.bin of
+        https://huggingface.co/timm/resnet50_clip.openai"``, or the URL of URL-hosted weights.
+    """
+    files, url = _hub_weights_files(model_name, pretrained)
+    if not files:
+        return url or f"the weights of {model_name} ({pretrained})"
+    return "; ".join(
+        f"{' or '.join(names)} of https://huggingface.co/{repo}" for repo, names in files
     )
 
 
@@ -350,9 +407,10 @@ class TextTower(nn.Module):
         if self._tokenizer is None:
             import open_clip
 
-            self._tokenizer = open_clip.get_tokenizer(
-                self.model_name, context_length=self.context_length
-            )
+            with _no_implicit_logging_setup():
+                self._tokenizer = open_clip.get_tokenizer(
+                    self.model_name, context_length=self.context_length
+                )
         tokens = self._tokenizer(build_prompts(class_names, self.templates)).long()
         if self.trimmable and len(tokens):
             tokens = tokens[:, : int(self.needed_lengths(tokens).max())]
@@ -428,9 +486,13 @@ def load_text_tower(config: TowerRequest) -> TextTower:
     import open_clip
 
     _logger.info("loading the text tower of %s (%s)", config.model_name, config.pretrained)
-    model = open_clip.create_model(
-        config.model_name, pretrained=config.pretrained, require_pretrained=True, weights_only=True
-    )
+    with _no_implicit_logging_setup():
+        model = open_clip.create_model(
+            config.model_name,
+            pretrained=config.pretrained,
+            require_pretrained=True,
+            weights_only=True,
+        )
     tower = TextTower.from_open_clip(
         model,
         text_arch(config.model_name),

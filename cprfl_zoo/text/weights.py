@@ -1,13 +1,16 @@
-"""Naming CLIP weight files by their content, and telling whether Hugging Face is offline."""
+"""Naming CLIP weight files by their content, and finding them in the Hugging Face cache.
+
+:func:`is_offline` (``HF_HUB_OFFLINE``) lives in :mod:`cprfl_zoo.network` and is re-exported here.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..fileio import file_sha256
+from ..network import is_offline
 
 __all__ = ["hf_file_cached", "is_offline", "local_dir_sha256", "weights_file_sha256"]
 
@@ -55,18 +58,6 @@ def local_dir_sha256(folder: Path) -> str:
     for p in files:
         digest.update(f"{p.name}:{weights_file_sha256(p)}\n".encode())
     return digest.hexdigest()
-
-
-def is_offline() -> bool:
-    """Return whether Hugging Face downloads are switched off (``HF_HUB_OFFLINE``).
-
-    Returns:
-        ``True`` when offline.
-    """
-    from huggingface_hub import constants
-
-    value = os.environ.get("HF_HUB_OFFLINE") or ""
-    return bool(constants.HF_HUB_OFFLINE) or value.strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
 def hf_file_cached(repo_id: str, filenames: Sequence[str]) -> bool:

@@ -150,7 +150,7 @@ def test_per_class_thresholds_and_from_logits_against_reference():
         assert value == pytest.approx(ref[key], abs=1e-12), key
     top = threshold_metrics(scores, targets, top_k=2, from_logits=True).as_dict()
     assert top == pytest.approx(_reference_prf(probs, targets, top_k=2), abs=1e-12)
-    with pytest.raises(ValueError, match=r"shape \(5,\) \(one per class\), got shape \(4,\)"):
+    with pytest.raises(ValueError, match=r"one number or one per class \(5\), got shape \(4,\)"):
         threshold_metrics(scores, targets, threshold=limits[:4])
 
 

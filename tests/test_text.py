@@ -564,7 +564,7 @@ def test_unreachable_hub_fails_at_once_naming_the_weight_file(
     assert probes == ["huggingface.co"]
     with pytest.raises(OfflineCacheMissError, match="trainable_text_encoder=True needs"):
         create_cprfl(
-            "test_resnet", class_names=["a"], pretrained_backbone=False,
+            "test_resnet", class_names=["a"], pretrained=False,
             trainable_text_encoder=True,
         )  # fmt: skip
     # Local weights need no Hub: no probe.

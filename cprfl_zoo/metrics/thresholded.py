@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -76,13 +77,20 @@ def _safe_ratio(num: Tensor, den: Tensor) -> float:
 
 
 def _check_threshold(threshold: object, num_classes: int) -> float | Tensor:
-    """A real number, or ``(C,)`` per-class thresholds, none of them NaN."""
+    """A real number, or ``(C,)`` per-class thresholds (a tensor or a sequence), none NaN."""
+    is_array = hasattr(threshold, "__array__") and getattr(threshold, "ndim", 0) > 0
+    if isinstance(threshold, (list, tuple)) or (is_array and not isinstance(threshold, Tensor)):
+        try:
+            threshold = torch.as_tensor(threshold, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(
+                f"threshold must be a number or one per class, got {threshold!r}"
+            ) from None
     if isinstance(threshold, Tensor):
         if threshold.shape != (num_classes,) or threshold.is_complex() or threshold.is_meta:
             raise ValueError(
-                f"threshold as a tensor must be real with shape ({num_classes},) (one per "
-                f"class), got shape {tuple(threshold.shape)}, dtype {threshold.dtype} on "
-                f"{threshold.device}"
+                f"threshold must be one number or one per class ({num_classes}), got shape "
+                f"{tuple(threshold.shape)}, dtype {threshold.dtype} on {threshold.device}"
             )
         if threshold.dtype == torch.bool:
             raise ValueError("threshold must be numbers, got a bool tensor")
@@ -90,7 +98,7 @@ def _check_threshold(threshold: object, num_classes: int) -> float | Tensor:
             raise ValueError("threshold must not be NaN")
         return threshold.detach()
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
-        raise ValueError(f"threshold must be a number, got {threshold!r}")
+        raise ValueError(f"threshold must be a number or one per class, got {threshold!r}")
     if math.isnan(threshold):
         raise ValueError("threshold must not be NaN")
     return float(threshold)
@@ -100,7 +108,7 @@ def threshold_metrics(
     scores: Tensor,
     targets: Tensor,
     *,
-    threshold: float | Tensor | None = None,
+    threshold: float | Tensor | Sequence[float] | None = None,
     top_k: int | None = None,
     from_logits: bool = False,
 ) -> ThresholdMetrics:
@@ -122,8 +130,9 @@ def threshold_metrics(
     Args:
         scores: ``(N, C)`` logits or probabilities.
         targets: ``(N, C)`` multi-hot 0/1 targets.
-        threshold: Score threshold: a real number (Python or NumPy), a ``(C,)`` tensor of
-            per-class thresholds, or ``None`` for none.
+        threshold: Score threshold: a real number (Python or NumPy), ``(C,)`` per-class
+            thresholds (a tensor or a sequence, e.g. a calibrated model's ``get_thresholds()``),
+            or ``None`` for none.
         top_k: Number of labels kept per image, or ``None`` for no top-k restriction.
         from_logits: ``scores`` are logits: ``threshold`` and ``top_k`` apply to their float32
             sigmoid, the probabilities :func:`cprfl_zoo.predict.predict` compares with the

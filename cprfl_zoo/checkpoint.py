@@ -21,12 +21,12 @@ import safetensors
 import safetensors.torch
 import timm
 import torch
-from huggingface_hub import hf_hub_download
 from torch import nn
 
 from .config import CPRFLConfig, check_data_config
 from .head_config import upgrade_legacy_args
 from .messages import listed
+from .network import hub_file
 
 _logger = logging.getLogger(__name__)
 
@@ -420,7 +420,7 @@ def saved_model_files(
                 f"{filename!r}; CPRFL loads weights only from safetensors"
             )
         found = [
-            Path(hf_hub_download(repo, name, revision=revision or None, cache_dir=cache_dir))
+            Path(hub_file(repo, name, revision=revision or None, cache_dir=cache_dir))
             for name in (CONFIG_NAME, filename)
         ]
         ref = f"hf-hub:{pretrained_cfg['hf_hub_id']}"

@@ -32,7 +32,7 @@ from typing import Any
 import safetensors
 import safetensors.torch
 import timm
-from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub import HfApi
 from timm.models._hub import save_config_for_hf
 from torch import nn
 
@@ -53,6 +53,7 @@ from .checkpoint import (
 )
 from .fileio import atomic_folder
 from .model_card import CPRFL_CITATION, MODEL_CARD_NAME, build_model_card
+from .network import hub_file
 
 _logger = logging.getLogger(__name__)
 
@@ -307,7 +308,7 @@ def load_pretrained(
         weights = str(folder / WEIGHTS_NAME)
     else:
         repo, _, rev = name.removeprefix("hf-hub:").partition("@")
-        config = hf_hub_download(repo, CONFIG_NAME, revision=rev or None, cache_dir=cache_dir)
+        config = hub_file(repo, CONFIG_NAME, revision=rev or None, cache_dir=cache_dir)
         read_saved_config(config, f"{name} ({CONFIG_NAME})")
         weights = f"{name} ({WEIGHTS_NAME})"
     if cache_dir is not None:

@@ -43,6 +43,7 @@ from .config import (
 from .deploy import DeployedCPRFL
 from .head_config import COSINE_EPS, HeadConfig, resolve_head_config, validate_head_args
 from .hub import load_pretrained, push_to_hub, save_pretrained
+from .network import offline_unless_reachable
 from .predict import predict
 from .prompt_init import PromptInit
 from .thresholds import DEFAULT_THRESHOLD, validate_thresholds
@@ -941,7 +942,8 @@ def _create_backbone(
     if not (pretrained and isinstance(backbone, str)):
         return create_backbone(backbone, pretrained=pretrained, **backbone_kwargs)
     try:
-        return create_backbone(backbone, pretrained=True, **backbone_kwargs)
+        with offline_unless_reachable():  # a missing file fails at once, not after retries
+            return create_backbone(backbone, pretrained=True, **backbone_kwargs)
     except (OSError, RuntimeError) as e:
         raise BackboneWeightsError(backbone, e) from e
 

@@ -23,7 +23,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["PROBE_TIMEOUT", "hub_unavailable", "is_offline", "offline_unless_reachable"]
+__all__ = ["PROBE_TIMEOUT", "hub_file", "hub_unavailable", "is_offline", "offline_unless_reachable"]
 
 # Seconds the connection to the Hub may take before it counts as unreachable.
 PROBE_TIMEOUT = 5.0
@@ -125,3 +125,41 @@ def offline_unless_reachable(timeout: float = PROBE_TIMEOUT) -> Iterator[str | N
         yield reason
     finally:
         constants.HF_HUB_OFFLINE = saved
+
+
+def hub_file(
+    repo_id: str,
+    filename: str,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> str:
+    """Download (or find in the cache) one file of a Hub repository, failing fast offline.
+
+    Args:
+        repo_id: ``"user/repo"``.
+        filename: The file in the repository.
+        revision: Branch, tag or commit.
+        cache_dir: Hugging Face cache folder.
+
+    Returns:
+        The local path of the file.
+
+    Raises:
+        FileNotFoundError: If the file is not cached and the Hub cannot be reached; the message
+            names the repository, the file and how to provide it.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    with offline_unless_reachable() as reason:
+        try:
+            return hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir)
+        except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
+            why = reason or "HF_HUB_OFFLINE is set"
+            raise FileNotFoundError(
+                f"hf-hub:{repo_id} ({filename}) is not in the local Hugging Face cache and "
+                f"cannot be downloaded: {why}. Download it once on a connected machine "
+                f"(huggingface-cli download {repo_id} {filename}), or save the model to a folder "
+                f"and load 'local-dir:FOLDER' ({type(e).__name__})"
+            ) from None

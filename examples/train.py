@@ -751,6 +751,12 @@ def logging_to(ctx: Context, output: Path) -> Iterator[None]:
         handler.setFormatter(logging.Formatter(fmt, datefmt="%H:%M:%S"))
     root.handlers[:] = handlers
     root.setLevel(logging.INFO if ctx.is_main else logging.WARNING)
+    import huggingface_hub.utils.logging  # noqa: F401  (adds huggingface_hub's own handler)
+
+    hub = logging.getLogger("huggingface_hub")  # its own handler would print each record twice
+    hub_handlers = [h for h in hub.handlers if type(h) is logging.StreamHandler]
+    for handler in hub_handlers:
+        hub.removeHandler(handler)
     try:
         yield
     finally:
@@ -758,6 +764,8 @@ def logging_to(ctx: Context, output: Path) -> Iterator[None]:
             handler.close()
         root.setLevel(saved[0])
         root.handlers[:] = saved[1]
+        for handler in hub_handlers:
+            hub.addHandler(handler)
 
 
 # ---------------------------------------------------------------------- data

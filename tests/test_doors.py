@@ -242,3 +242,8 @@ def test_deploy_matches_the_model_in_every_dtype(dtype, tol) -> None:
     assert deployed.thresholds.dtype == torch.float32
     float32 = torch.tensor([0.7, 0.3, 0.55], dtype=torch.float32)
     assert torch.equal(deployed.half().thresholds, float32)  # not rounded to 0.70020
+
+
+def test_an_uncached_hub_model_offline_names_the_repository_and_file(offline) -> None:
+    with pytest.raises(FileNotFoundError, match=r"hf-hub:me/absent \(config\.json\) is not in"):
+        CPRFL.from_pretrained("me/absent")

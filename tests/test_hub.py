@@ -407,7 +407,7 @@ def test_hf_hub_never_unpickles(
     (folder / "pytorch_model.bin").write_bytes(b"not even read")
     _seed_cache(offline_cache, "me/pickled", COMMIT, folder)
     # the weights file named by config.json is missing: an error, never a torch.load fallback
-    with pytest.raises(huggingface_hub.errors.LocalEntryNotFoundError):
+    with pytest.raises(FileNotFoundError, match=r"hf-hub:me/pickled \(model\.safetensors\)"):
         CPRFL.from_pretrained("me/pickled")
 
 

@@ -1351,7 +1351,7 @@ def calibrate(module: nn.Module, args: argparse.Namespace) -> None:
     """Set per-class thresholds on ``module`` from its logits on ``--calibrate-list``."""
     from cprfl_zoo.thresholds import calibrate_thresholds
 
-    tf = create_transforms(module, recipe=args.aug, is_training=False, img_size=args.img_size)
+    tf = eval_transform(module)  # the data config validation used and the model saves
     try:
         data = MultiLabelImageList(
             args.calibrate_list, image_root(args), transform=tf, class_names=module.class_names
@@ -1378,12 +1378,16 @@ def calibrate(module: nn.Module, args: argparse.Namespace) -> None:
 
 def export(module: nn.Module, args: argparse.Namespace, entry: dict[str, Any], which: str) -> None:
     """``save_pretrained`` into <output>/model, with the epoch's scores in the model card."""
+    metrics = card_metrics(epoch_metrics(entry, which))
     if args.calibrate_list is not None:
         calibrate(module, args)
+        # OF1 / CF1 were measured at 0.5 during training; the card reports thresholded metrics
+        # at the thresholds the model carries, so they are left out rather than mislabelled.
+        metrics = {k: v for k, v in metrics.items() if k not in ("OF1", "CF1")}
     module.save_pretrained(
         args.output / MODEL_DIR,
         repo_id=args.push_to_hub,
-        metrics=card_metrics(epoch_metrics(entry, which)),
+        metrics=metrics,
         model_card={
             "notes": f"Weights of the {which} after epoch {entry['epoch']} of {args.epochs}; "
             f"trained with cprfl_zoo's examples/train.py (--export {args.export})."

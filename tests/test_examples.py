@@ -672,6 +672,8 @@ def test_train_calibrates_thresholds_on_a_validation_list(train_script, trained,
     expected = calibrate_thresholds(logits, torch.stack(targets)).as_list()
     assert model.thresholds == pytest.approx(expected, abs=1e-4)
     assert "thresholds calibrated on" in (out / "log.txt").read_text()
+    card = (out / "model" / "README.md").read_text()
+    assert "| mAP |" in card and "| OF1 |" not in card  # measured at 0.5, not at these thresholds
 
 
 # ---------------------------------------------------------------------- one data config

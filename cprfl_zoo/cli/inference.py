@@ -348,7 +348,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     results = evaluate_logits(logits, targets, model.get_thresholds(), counts)
     which = "calibrated per-class" if model.thresholds is not None else "uncalibrated 0.5"
     print(f"{args.model} on {args.list_file}: {len(logits)} images, {which} thresholds")
-    print("| metric | value |")
+    print("| metric | value (%) |")
     print("| --- | --- |")
     for key, value in results.items():
         print(f"| {key} | {'n/a' if math.isnan(value) else f'{value:.2f}'} |")

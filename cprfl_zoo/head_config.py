@@ -25,7 +25,6 @@ __all__ = [
     "COSINE_EPS",
     "HEAD_FIELDS",
     "MAX_CLASSIFIER_TAU",
-    "MODEL_ARGS",
     "HeadConfig",
     "resolve_head_config",
     "upgrade_legacy_args",
@@ -128,24 +127,6 @@ class HeadConfig:
 
 HEAD_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(HeadConfig))
 """The names of :class:`HeadConfig`'s fields, in order."""
-
-MODEL_ARGS: frozenset[str] = frozenset(HEAD_FIELDS) | {
-    "backbone",
-    "class_names",
-    "text_embeddings",
-    "pretrained_backbone",
-    "backbone_kwargs",
-    "img_size",
-    "in_chans",
-    "num_classes",
-    "global_pool",
-    "text_encoder_cfg",
-    "trainable_text_encoder",
-    "text_tower",
-    "thresholds",
-    "logit_adjustment",
-}
-"""Every argument of :class:`~cprfl_zoo.model.CPRFL`; the keys a saved ``model_args`` may hold."""
 
 
 def resolve_head_config(

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from cprfl_zoo import CPRFL, HeadConfig, create_cprfl
-from cprfl_zoo.head_config import HEAD_FIELDS, MODEL_ARGS, upgrade_legacy_args
+from cprfl_zoo.config import MODEL_ARGS
+from cprfl_zoo.head_config import HEAD_FIELDS, upgrade_legacy_args
 
 NAMES = ["cat", "dog", "bird"]
 SMALL = {"num_heads": 2, "head_dim": 8, "mlp_hidden_dim": 24}

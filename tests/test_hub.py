@@ -24,7 +24,8 @@ import cprfl_zoo
 import cprfl_zoo.hub as hub
 import cprfl_zoo.model as model_module
 from cprfl_zoo import CPRFL, create_cprfl
-from cprfl_zoo.head_config import HEAD_FIELDS, MODEL_ARGS
+from cprfl_zoo.config import MODEL_ARGS
+from cprfl_zoo.head_config import HEAD_FIELDS
 from cprfl_zoo.hub import CheckpointMismatchError
 
 NAMES = ["cat", "dog", "traffic_light", "teddy bear", "zebra"]

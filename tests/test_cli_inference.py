@@ -63,3 +63,15 @@ def test_threshold_bounds_are_accepted() -> None:
     parser = build_parser()
     assert parser.parse_args(["predict", "m", "a", "--threshold", "0"]).threshold == 0.0
     assert parser.parse_args(["predict", "m", "a", "--threshold", "1"]).threshold == 1.0
+
+
+def test_class_freq_counts_the_training_list(tmp_path):
+    train = tmp_path / "train.txt"
+    train.write_text("a.jpg 0 2\nb.jpg 2\nc.jpg\nd.jpg 2 0\n")
+    assert read_class_counts(str(train), 3) == [2, 0, 3]  # images holding each class
+    counts = tmp_path / "counts.txt"
+    counts.write_text("2\n0\n3\n")
+    assert read_class_counts(str(counts), 3) == [2, 0, 3]
+    train.write_text("a.jpg 0 7\n")
+    with pytest.raises(CommandError, match=r"--class-freq .*train\.txt:1: class id 7 out of"):
+        read_class_counts(str(train), 3)

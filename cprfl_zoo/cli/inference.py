@@ -233,8 +233,22 @@ def _list_logits(args: argparse.Namespace, model: CPRFL) -> tuple[Tensor, Tensor
 
 
 # ---------------------------------------------------------------------- evaluate
+def _count_training_list(path: str, num_classes: int) -> list[int]:
+    from ..data import class_counts, read_image_list
+
+    try:
+        entries = read_image_list(path, num_classes)
+    except (OSError, ValueError) as e:
+        raise CommandError(f"--class-freq {e}") from None
+    return [int(c) for c in class_counts(entries)]
+
+
 def read_class_counts(path: str, num_classes: int) -> list[int]:
-    """Read per-class training counts: a JSON list, or one integer per line, in class order.
+    """Read per-class training counts: from the training list, or a file of counts.
+
+    A training image list (``path id id ...`` lines, as ``examples/train.py`` reads) is counted:
+    the number of images holding each class. Otherwise the file holds the counts themselves, a
+    JSON list or one integer per line, in class order.
 
     Args:
         path: The file.
@@ -256,6 +270,9 @@ def read_class_counts(path: str, num_classes: int) -> list[int]:
         raise CommandError(f"--class-freq {e}") from None
     text = "\n".join(lines).strip()
     stripped = [s.strip() for s in lines]
+    first = next((s.split()[0] for s in stripped if s), "")
+    if first and not first.startswith("[") and not first.lstrip("+-").isdigit():
+        return _count_training_list(path, num_classes)
     try:
         values = json.loads(text) if text.startswith("[") else [s for s in stripped if s]
     except json.JSONDecodeError as e:
@@ -329,8 +346,9 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--class-freq",
         default=None,
-        help="training positives per class (JSON list or one count per line) for the "
-        "head/medium/tail split",
+        help="for the head/medium/tail split: the training image list ('path id id ...' lines; "
+        "its labels are counted), or training positives per class (a JSON list or one count "
+        "per line)",
     )
     p.add_argument("--output", default=None, help="write the metrics to this JSON file")
     p.set_defaults(func=_run_evaluate)

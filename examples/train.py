@@ -89,6 +89,7 @@ from cprfl_zoo.losses import (
     LogitAdjustedLoss,
     PromptAnchorLoss,
     TwoWayLoss,
+    logit_adjustment_offset,
 )
 from cprfl_zoo.metrics import MultiLabelEvaluator
 from cprfl_zoo.predict import collect_logits, eval_transform
@@ -417,6 +418,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=non_negative_float,
         default=None,
         help="with --loss logit-adjusted: scale tau of the log-odds offset (default 1)",
+    )
+    lt.add_argument(
+        "--posthoc-la-tau",
+        type=non_negative_float,
+        default=None,
+        metavar="TAU",
+        help="post-hoc logit adjustment saved with the model: its logits become logit - TAU * "
+        "log(pi / (1 - pi)) with the training priors pi = (n + 1) / (N + 2) (Menon et al. 2021); "
+        "predict, evaluate, deploy and export use them. Changes thresholded metrics, not mAP",
     )
     lt.add_argument(
         "--sampler",
@@ -1151,6 +1161,7 @@ class TrainState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     anchor: PromptAnchorLoss | None = None
+    train_priors: torch.Tensor | None = None  # for --posthoc-la-tau (not checkpointed)
     epoch: int = 0
     best_score: float = -math.inf
     best_epoch: int = 0
@@ -1376,9 +1387,26 @@ def calibrate(module: nn.Module, args: argparse.Namespace) -> None:
     )
 
 
-def export(module: nn.Module, args: argparse.Namespace, entry: dict[str, Any], which: str) -> None:
+def posthoc_priors(train_set: Any) -> torch.Tensor:
+    """The training priors of ``--posthoc-la-tau``, Laplace-smoothed, (n_c + 1) / (N + 2), so a
+    class without training positives (or negatives) gets a finite offset."""
+    counts = class_counts(train_set).double()
+    return (counts + 1) / (len(train_set) + 2)
+
+
+def export(
+    module: nn.Module,
+    args: argparse.Namespace,
+    entry: dict[str, Any],
+    which: str,
+    priors: torch.Tensor | None = None,
+) -> None:
     """``save_pretrained`` into <output>/model, with the epoch's scores in the model card."""
     metrics = card_metrics(epoch_metrics(entry, which))
+    if args.posthoc_la_tau is not None and priors is not None:
+        module.set_logit_adjustment(logit_adjustment_offset(priors, tau=args.posthoc_la_tau))
+        # the card's OF1 / CF1 were measured on the unadjusted logits
+        metrics = {k: v for k, v in metrics.items() if k not in ("OF1", "CF1")}
     if args.calibrate_list is not None:
         calibrate(module, args)
         # OF1 / CF1 were measured at 0.5 during training; the card reports thresholded metrics
@@ -1402,7 +1430,7 @@ def export_final(args: argparse.Namespace, state: TrainState) -> tuple[dict[str,
         entry = state.history[state.best_epoch - 1]
         return entry, entry["best_of_epoch"]
     which = "EMA" if state.ema is not None else "model"
-    export(state.modules()[which], args, state.history[-1], which)
+    export(state.modules()[which], args, state.history[-1], which, state.train_priors)
     return state.history[-1], which
 
 
@@ -1541,7 +1569,7 @@ def save_outputs(
     entry = state.history[-1]
     if improved and args.export == "best":
         which = entry["best_of_epoch"]
-        export(state.modules()[which], args, entry, which)
+        export(state.modules()[which], args, entry, which, state.train_priors)
     save_checkpoint(state, args, names, args.output / CHECKPOINT_NAME)
     atomic_write_text(args.output / "metrics.json", json.dumps(state.history, indent=1) + "\n")
 
@@ -1591,6 +1619,8 @@ def train(ctx: Context, args: argparse.Namespace) -> TrainState:
     state = build_state(
         ctx, args, model, len(train_loader), total_steps=schedule_steps(train_loader, args.epochs)
     )
+    if args.posthoc_la_tau is not None:
+        state.train_priors = posthoc_priors(train_loader.dataset)
     if args.resume is not None:
         restore(state, load_checkpoint(args, names))
         _logger.info("resumed from %s after epoch %d", args.resume, state.epoch)

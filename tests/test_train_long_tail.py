@@ -370,6 +370,8 @@ def test_ddp_long_tail_tools_end_with_identical_weights(tmp_path):
         "class-aware",
         "--anchor-weight",
         "1",
+        "--posthoc-la-tau",
+        "1",
         "--output",
         str(out),
     ]
@@ -389,3 +391,30 @@ def test_ddp_long_tail_tools_end_with_identical_weights(tmp_path):
     assert "loss: DistributionBalancedLoss(" in proc.stdout
     assert "sampler: class-aware; epoch 1 draws 24 images per process" in proc.stdout
     assert ckpt["prompt_anchor"] is not None
+    from cprfl_zoo import CPRFL
+
+    assert CPRFL.from_pretrained(out / "model").logit_adjustment is not None
+
+
+def test_posthoc_logit_adjustment_is_saved_with_the_model(train_script, tmp_path):
+    from cprfl_zoo import CPRFL
+    from cprfl_zoo.losses import logit_adjustment_offset
+
+    out = tmp_path / "run"
+    argv = [*TINY_TRAIN, "--epochs", "1", "--output", str(out), "--posthoc-la-tau", "0.5"]
+    assert train_script.main(argv) == 0
+    model = CPRFL.from_pretrained(out / "model").eval()
+    lines = (out / "synthetic_data" / "train.txt").read_text().splitlines()
+    counts = torch.zeros(model.num_classes)
+    for line in lines:
+        for c in {int(t) for t in line.split()[1:]}:
+            counts[c] += 1
+    priors = (counts + 1) / (len(lines) + 2)  # the training priors, Laplace-smoothed
+    expected = logit_adjustment_offset(priors, tau=0.5)
+    torch.testing.assert_close(torch.tensor(model.logit_adjustment), expected.float())
+    x = torch.rand(2, 3, 32, 32)
+    raw = CPRFL.from_pretrained(out / "model")
+    raw.set_logit_adjustment(None)
+    raw.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), raw.eval()(x) - expected.float())

@@ -52,10 +52,12 @@ _HEAD_ONLY_MODULES: dict[str, tuple[str, ...]] = {
 _PREFIX_TOKENS: dict[str, int] = {"CoaT": 1}
 
 __all__ = [
+    "BackboneWeightsError",
     "backbone_tokens",
     "check_images",
     "check_tokens",
     "create_backbone",
+    "create_backbone_checked",
     "feature_layout",
     "num_prefix_tokens",
 ]
@@ -346,3 +348,55 @@ def check_tokens(x: torch.Tensor, width: int) -> None:
             f"forward_head takes backbone tokens of shape (B, v, {width}) (forward_features "
             f"output; {width} = the backbone's num_features), got {tuple(x.shape)}"
         )
+
+
+def create_backbone_checked(
+    backbone: str | nn.Module, pretrained: bool, backbone_kwargs: dict[str, Any]
+) -> nn.Module:
+    """:func:`create_backbone`, where a failed weight download names the weights and the fix.
+
+    With ``pretrained`` the download runs in huggingface_hub's offline mode when the Hub cannot
+    be reached (:func:`cprfl_zoo.network.offline_unless_reachable`), so a missing file fails at
+    once instead of after a minute of retries.
+
+    Args:
+        backbone: A timm model name or a module (see :func:`create_backbone`).
+        pretrained: Load timm's pretrained weights for a named backbone.
+        backbone_kwargs: Extra arguments for ``timm.create_model``.
+
+    Returns:
+        The backbone module.
+
+    Raises:
+        BackboneWeightsError: If ``pretrained`` weights cannot be loaded.
+    """
+    if not (pretrained and isinstance(backbone, str)):
+        return create_backbone(backbone, pretrained=pretrained, **backbone_kwargs)
+    from .network import offline_unless_reachable
+
+    try:
+        with offline_unless_reachable():  # a missing file fails at once, not after retries
+            return create_backbone(backbone, pretrained=True, **backbone_kwargs)
+    except (OSError, RuntimeError) as e:
+        raise BackboneWeightsError(backbone, e) from e
+
+
+class BackboneWeightsError(OSError):
+    """The pretrained weights of a named backbone could not be loaded (offline, not cached)."""
+
+    def __init__(self, backbone: str, error: BaseException) -> None:
+        cfg = timm.get_pretrained_cfg(backbone) if timm.is_model(backbone.split(".")[0]) else None
+        if cfg is not None and cfg.hf_hub_id:
+            source = f"hf-hub:{cfg.hf_hub_id} ({cfg.hf_hub_filename or 'model.safetensors'})"
+        elif cfg is not None and cfg.url:
+            source = cfg.url
+        else:
+            source = "timm's default weights"
+        super().__init__(
+            f"pretrained=True could not load the backbone weights of {backbone!r} from {source}: "
+            f"{type(error).__name__}: {error}. Offline? Download them once on a connected "
+            "machine (they are cached), give a local file with "
+            "pretrained_cfg_overlay={'file': PATH} in timm.create_model of the backbone, or use "
+            "pretrained=False for a randomly initialised backbone"
+        )
+        self.backbone = backbone

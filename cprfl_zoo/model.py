@@ -14,10 +14,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,10 +24,11 @@ from timm.models._manipulate import checkpoint
 from torch import nn
 
 from .backbone import (
+    BackboneWeightsError,
     backbone_tokens,
     check_images,
     check_tokens,
-    create_backbone,
+    create_backbone_checked,
     feature_layout,
     num_prefix_tokens,
 )
@@ -43,10 +42,18 @@ from .config import (
 from .deploy import DeployedCPRFL
 from .head_config import COSINE_EPS, HeadConfig, resolve_head_config, validate_head_args
 from .hub import load_pretrained, push_to_hub, save_pretrained
-from .network import offline_unless_reachable
 from .predict import predict
 from .prompt_init import PromptInit
 from .thresholds import DEFAULT_THRESHOLD, validate_thresholds
+from .timm_contract import (
+    backbone_traits,
+    check_fx_leaf,
+    fx_tracing,
+    prefixed_feature_info,
+    prefixed_matcher_fn,
+    traced_tokens,
+    under_backbone,
+)
 from .vsi import VSI, PromptAttention
 
 if TYPE_CHECKING:
@@ -54,7 +61,13 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["CPRFL", "HeadConfig", "validate_class_inputs", "validate_head_args"]
+__all__ = [
+    "CPRFL",
+    "BackboneWeightsError",
+    "HeadConfig",
+    "validate_class_inputs",
+    "validate_head_args",
+]
 
 _DATA_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
 
@@ -66,22 +79,7 @@ COSINE_INIT_SCALE = 10.0  # initial s of the opt-in cosine classifier
 register_notrace_module(PromptAttention)
 
 
-def _fx_tracing() -> bool:
-    """Whether ``torch.fx`` is tracing: inputs are then Proxies, whose values cannot be checked."""
-    return torch.fx._symbolic_trace.is_fx_symbolic_tracing()
-
-
-def _traced_tokens(features: torch.Tensor, width: int, layout: str, prefix: int) -> torch.Tensor:
-    """:func:`backbone_tokens` for ``torch.fx``: one graph node, the backbone described by value.
-
-    The layout of ``forward_features`` is decided from its number of dimensions, which a
-    symbolic trace does not know; the backbone module cannot be a node argument.
-    """
-    stand_in = SimpleNamespace(num_features=width, output_fmt=layout, num_prefix_tokens=prefix)
-    return backbone_tokens(stand_in, features)  # type: ignore[arg-type]
-
-
-torch.fx.wrap("_traced_tokens")
+torch.fx.wrap("traced_tokens")
 
 
 class CPRFL(nn.Module):
@@ -191,7 +189,7 @@ class CPRFL(nn.Module):
                 backbone_kwargs["img_size"] = img_size
             if in_chans != 3:
                 backbone_kwargs["in_chans"] = in_chans
-        self.backbone = _create_backbone(backbone, pretrained_backbone, backbone_kwargs)
+        self.backbone = create_backbone_checked(backbone, pretrained_backbone, backbone_kwargs)
         self.visual_proj = nn.Linear(self.backbone.num_features, cfg.embed_dim)
         self.prompt_init = PromptInit(
             cfg.text_dim, cfg.embed_dim, mlp_ratio=cfg.pi_mlp_ratio, linear=cfg.pi_linear
@@ -239,9 +237,9 @@ class CPRFL(nn.Module):
             )
         self.text_tower = text_tower
         self.class_embeddings_frozen = False
-        self.feature_info = _prefixed_feature_info(self.backbone)
+        self.feature_info = prefixed_feature_info(self.backbone)
         # timm's input traits (read by its data config and exporters) are the backbone's.
-        self._traits = _backbone_traits(self.backbone)
+        self._traits = backbone_traits(self.backbone)
         self.pretrained_cfg: dict[str, Any] = self.backbone_data_config()
         self._init_head_weights()
         if features_model and names:
@@ -621,13 +619,13 @@ class CPRFL(nn.Module):
             return {"backbone": r"^backbone\."}
         groups = matcher(coarse=coarse)
         if callable(groups):
-            return _prefixed_matcher_fn(groups)
+            return prefixed_matcher_fn(groups)
         out: dict[str, Any] = {}
         for name, spec in groups.items():
             if spec is None or isinstance(spec, str):
-                out[name] = spec if spec is None else _under_backbone(spec)
+                out[name] = spec if spec is None else under_backbone(spec)
             else:
-                out[name] = [(_under_backbone(regex), suffix) for regex, suffix in spec]
+                out[name] = [(under_backbone(regex), suffix) for regex, suffix in spec]
         return out
 
     def get_classifier(self) -> nn.Module:
@@ -635,7 +633,7 @@ class CPRFL(nn.Module):
         return self.prompt_init
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if not _fx_tracing():
+        if not fx_tracing():
             # after prune_intermediate_layers the head is gone; the backbone's dtype is the same
             weight = getattr(self.visual_proj, "weight", None)
             if weight is None:
@@ -656,9 +654,9 @@ class CPRFL(nn.Module):
         """
         self._check_input(x)
         features = self.backbone.forward_features(x)
-        if _fx_tracing():
+        if fx_tracing():
             layout, prefix = feature_layout(self.backbone), num_prefix_tokens(self.backbone)
-            return _traced_tokens(features, self.num_features, layout, prefix)
+            return traced_tokens(features, self.num_features, layout, prefix)
         return backbone_tokens(self.backbone, features)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -680,7 +678,7 @@ class CPRFL(nn.Module):
             ValueError: If ``x`` is not (B, v, num_features).
         """
         if pre_logits or self.num_classes == 0:
-            if not _fx_tracing():
+            if not fx_tracing():
                 check_tokens(x, self.visual_proj.in_features)
             return self.visual_proj(x).mean(dim=1)
         prompts = self.get_prompts()
@@ -709,8 +707,8 @@ class CPRFL(nn.Module):
         return self._refine(x, self.get_prompts())
 
     def _refine(self, x: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
-        if _fx_tracing():
-            _check_fx_leaf(x, self.vsi.attn)
+        if fx_tracing():
+            check_fx_leaf(x, self.vsi.attn)
         else:
             check_tokens(x, self.visual_proj.in_features)
         x = self.visual_proj(x)
@@ -933,104 +931,3 @@ class CPRFL(nn.Module):
             The model (in training mode, as timm returns models).
         """
         return load_pretrained(repo_id_or_path, revision, **kwargs)
-
-
-def _create_backbone(
-    backbone: str | nn.Module, pretrained: bool, backbone_kwargs: dict[str, Any]
-) -> nn.Module:
-    """Create the backbone; a failed weight load names the weights and how to provide them."""
-    if not (pretrained and isinstance(backbone, str)):
-        return create_backbone(backbone, pretrained=pretrained, **backbone_kwargs)
-    try:
-        with offline_unless_reachable():  # a missing file fails at once, not after retries
-            return create_backbone(backbone, pretrained=True, **backbone_kwargs)
-    except (OSError, RuntimeError) as e:
-        raise BackboneWeightsError(backbone, e) from e
-
-
-class BackboneWeightsError(OSError):
-    """The pretrained weights of a named backbone could not be loaded (offline, not cached)."""
-
-    def __init__(self, backbone: str, error: BaseException) -> None:
-        import timm
-
-        cfg = timm.get_pretrained_cfg(backbone) if timm.is_model(backbone.split(".")[0]) else None
-        if cfg is not None and cfg.hf_hub_id:
-            source = f"hf-hub:{cfg.hf_hub_id} ({cfg.hf_hub_filename or 'model.safetensors'})"
-        elif cfg is not None and cfg.url:
-            source = cfg.url
-        else:
-            source = "timm's default weights"
-        super().__init__(
-            f"pretrained=True could not load the backbone weights of {backbone!r} from {source}: "
-            f"{type(error).__name__}: {error}. Offline? Download them once on a connected "
-            "machine (they are cached), give a local file with "
-            "pretrained_cfg_overlay={'file': PATH} in timm.create_model of the backbone, or use "
-            "pretrained=False for a randomly initialised backbone"
-        )
-        self.backbone = backbone
-
-
-# ---------------------------------------------------------------------- timm contract helpers
-def _check_fx_leaf(x: Any, attention: nn.Module) -> None:
-    """Say why a symbolic trace that would step into the prompt attention cannot go on."""
-    tracer = getattr(x, "tracer", None)
-    if tracer is not None and not tracer.is_leaf_module(attention, "vsi.attn"):
-        raise RuntimeError(
-            "torch.fx cannot trace into CPRFL's PromptAttention, which picks its attention "
-            "kernel from the inputs' device and sizes; trace with timm's settings, which keep "
-            "it whole: timm.models.create_feature_extractor(model, return_nodes), or "
-            "tracer_kwargs={'leaf_modules': timm.layers.get_notrace_modules(), "
-            "'autowrap_functions': timm.layers.get_notrace_functions()}"
-        )
-
-
-def _under_backbone(regex: str) -> str:
-    """Move a backbone's parameter-group regex under the ``backbone.`` prefix.
-
-    timm's patterns are matched at the start of a name and may be alternations
-    (``"^conv1|bn1|maxpool"``); each alternative is anchored after ``backbone.``.
-    """
-    inner = re.sub(r"(^|\|)\^", r"\1", regex)
-    return rf"^backbone\.(?:{inner})"
-
-
-def _prefixed_matcher_fn(fn: Callable[[str], Any]) -> Callable[[str], Any]:
-    def match(name: str) -> Any:
-        if name.startswith("backbone."):
-            return fn(name.removeprefix("backbone."))
-        return (float("inf"),)
-
-    return match
-
-
-def _prefixed_feature_info(backbone: nn.Module) -> list[dict[str, Any]]:
-    """The backbone's ``feature_info`` with module names under ``backbone.`` (empty if none)."""
-    info = getattr(backbone, "feature_info", None)
-    if info is None:
-        return []
-    entries = getattr(info, "info", info)  # a FeatureInfo or timm's list of dicts
-    out = []
-    for entry in entries:
-        entry = dict(entry)
-        if isinstance(entry.get("module"), str):
-            entry["module"] = f"backbone.{entry['module']}"
-        out.append(entry)
-    return out
-
-
-def _backbone_traits(backbone: nn.Module) -> dict[str, Any]:
-    """Timm's input traits of the model: the backbone's, its first conv under ``backbone.``."""
-    traits = dict(getattr(backbone, "_traits", None) or {})
-    first_conv = traits.get("first_conv")
-    if first_conv is None:
-        first_conv = (getattr(backbone, "pretrained_cfg", None) or {}).get("first_conv")
-    if isinstance(first_conv, str):
-        traits["first_conv"] = f"backbone.{first_conv}"
-    elif isinstance(first_conv, (list, tuple)):
-        traits["first_conv"] = tuple(f"backbone.{name}" for name in first_conv)
-    else:
-        traits.pop("first_conv", None)
-    traits.pop("in_chans", None)
-    traits.pop("num_classes", None)
-    return traits

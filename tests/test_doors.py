@@ -77,7 +77,7 @@ def test_a_typo_is_named_before_any_backbone_is_built(monkeypatch, door) -> None
     def no_backbone(*args, **kwargs):
         raise AssertionError("the backbone was built")
 
-    monkeypatch.setattr(cprfl_zoo.model, "create_backbone", no_backbone)
+    monkeypatch.setattr(cprfl_zoo.backbone, "create_backbone", no_backbone)
     kwargs = {"class_names": NAMES, "text_embeddings": _embeddings(), "num_head": 4}
     with pytest.raises(TypeError, match=r"'num_head'; did you mean 'num_heads'\?"):
         if door == "timm":

@@ -114,8 +114,10 @@ def build_cprfl(variant: str, pretrained: bool = False, **kwargs: Any) -> CPRFL:
     """
     features = _pop_feature_args(kwargs, variant)
     saved_args = kwargs.pop("pretrained_model_args", None)
+    saved_config = None
     if saved_args is not None:  # timm read a config.json and merged its model_args into kwargs
-        CPRFLConfig.from_model_args(saved_args, saved_config_name(kwargs.get("pretrained_cfg")))
+        where = saved_config_name(kwargs.get("pretrained_cfg"))
+        saved_config = CPRFLConfig.from_model_args(saved_args, where)
     model_kwargs, text_kwargs, build = split_create_kwargs(kwargs, where=variant)
     legacy = model_kwargs.pop("pretrained_backbone", None)
     if legacy is not None:
@@ -141,13 +143,12 @@ def build_cprfl(variant: str, pretrained: bool = False, **kwargs: Any) -> CPRFL:
     prepare_text_inputs(model_kwargs, text_kwargs, pretrained=pretrained and has_source)
     weights = None
     if pretrained and from_saved:
-        config = CPRFLConfig.from_model_args(
-            saved_args if saved_args is not None else {}, saved_config_name(pretrained_cfg)
-        )
+        if saved_config is None:  # a saved source names the folder, so timm read its config
+            saved_config = CPRFLConfig.from_model_args({}, saved_config_name(pretrained_cfg))
         weights = read_saved_weights(
             pretrained_cfg,
             saved_args or {},
-            config,
+            saved_config,
             cache_dir=cache_dir,
             verify_checksum=verify_checksum,
         )

@@ -22,7 +22,7 @@ from huggingface_hub import HfApi, ModelCard
 
 import cprfl_zoo
 import cprfl_zoo.hub as hub
-import cprfl_zoo.model as model_module
+import cprfl_zoo.backbone as backbone_module
 from cprfl_zoo import CPRFL, create_cprfl
 from cprfl_zoo.config import MODEL_ARGS
 from cprfl_zoo.head_config import HEAD_FIELDS
@@ -84,13 +84,13 @@ def no_clip_no_pickle(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
     monkeypatch.setattr(torch, "load", forbidden)
     monkeypatch.setattr(timm.models._builder, "load_state_dict_from_url", forbidden)
     calls: dict[str, list] = {"backbone_pretrained": []}
-    real_create_backbone = model_module.create_backbone
+    real_create_backbone = backbone_module.create_backbone
 
     def create_backbone(backbone, pretrained=False, **kwargs):
         calls["backbone_pretrained"].append(pretrained)
         return real_create_backbone(backbone, pretrained=pretrained, **kwargs)
 
-    monkeypatch.setattr(model_module, "create_backbone", create_backbone)
+    monkeypatch.setattr(backbone_module, "create_backbone", create_backbone)
     return calls
 
 

@@ -21,8 +21,8 @@ import torch
 from huggingface_hub import HfApi, ModelCard
 
 import cprfl_zoo
-import cprfl_zoo.hub as hub
 import cprfl_zoo.backbone as backbone_module
+import cprfl_zoo.hub as hub
 from cprfl_zoo import CPRFL, create_cprfl
 from cprfl_zoo.config import MODEL_ARGS
 from cprfl_zoo.head_config import HEAD_FIELDS

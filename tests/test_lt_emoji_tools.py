@@ -120,11 +120,11 @@ def test_train_takes_each_epochs_batches_from_the_sampler():
             self.epochs.append(epoch)
 
         def __iter__(self):
-            return iter(LISTS[: 10 - self.epochs[-1]])
+            return iter(lists[: 10 - self.epochs[-1]])
 
     seen: list[list[int]] = []
     targets = torch.zeros(4, 2)
-    LISTS = [3, 3, 3, 1, 1, 2, 0, 0, 1, 2]
+    lists = [3, 3, 3, 1, 1, 2, 0, 0, 1, 2]
     head = torch.nn.Linear(3, 2)
 
     def get_batch(idx: torch.Tensor, training: bool) -> torch.Tensor:
@@ -137,8 +137,8 @@ def test_train_takes_each_epochs_batches_from_the_sampler():
         batch_size=2, weight_decay=0.0, seed=0, sampler=sampler,
     )  # fmt: skip
     assert sampler.epochs == [0, 1]
-    pairs = [LISTS[i : i + 2] for i in range(0, 10, 2)]
-    assert seen == pairs + [*pairs[:4], [LISTS[8]]]  # 10 then 9 indices, batches of 2
+    pairs = [lists[i : i + 2] for i in range(0, 10, 2)]
+    assert seen == [*pairs, *pairs[:4], [lists[8]]]  # 10 then 9 indices, batches of 2
 
 
 def test_train_without_a_sampler_keeps_the_seeded_permutations():

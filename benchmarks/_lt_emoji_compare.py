@@ -77,9 +77,9 @@ def method_table(rows: Rows) -> list[str]:
     return lines
 
 
-def best_linear(rows: Rows) -> str | None:
-    """The linear method with the best mean validation tail mAP (validation mAP if none)."""
-    linear = [m for m in rows if m.startswith("linear")]
+def best_linear(rows: Rows, prefix: str = "linear") -> str | None:
+    """The ``prefix`` method with the best mean validation tail mAP (then validation mAP)."""
+    linear = [m for m in rows if m.startswith(prefix)]
     if not linear:
         return None
 

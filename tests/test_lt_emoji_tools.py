@@ -284,3 +284,16 @@ def test_paired_table_uses_the_best_linear_on_validation_tail_and_counts_wins():
     assert "(linear-ASL)" in lines[0]
     table = "\n".join(_lt_emoji_compare.method_table(rows) + _lt_emoji_compare.f1_table(rows))
     assert "40.00 ± 0.00" in table and "33.00 ± 0.00" in table
+
+
+def test_the_plot_draws_the_baselines_and_each_heads_best_when_there_are_many():
+    import _lt_plot
+
+    runs = []
+    for i, m in enumerate((*_lt_emoji_tools.LINEAR_METHODS, "CPRFL-ASL", "CPRFL-ASL-CAS")):
+        runs.append(_run(m, 0, 1e-3, 40.0, 10.0, val_tail=20.0 + i))
+    doc = _doc(runs)
+    doc["config"]["frozen_lrs"] = [1e-3]
+    assert _lt_plot.plotted_methods(doc, "frozen") == [
+        "linear-ASL", "linear-ASL-cosine", "CPRFL-ASL", "CPRFL-ASL-CAS"
+    ]  # fmt: skip

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cprfl_zoo.backbone import backbone_tokens
@@ -20,6 +21,27 @@ class PooledLinear(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.fc(tokens.mean(1))
+
+
+class PooledCosineLinear(nn.Module):
+    """Global average pool + a weight-normalised linear classifier with a learned scale.
+
+    ``logit_i = s · cos(f, w_i) + b``: the linear head's counterpart of CPRFL's
+    ``cosine_classifier=True`` (one learned scale s, stored as its log and initially
+    ``init_scale``, and one learned bias b shared by the classes, as there).
+    """
+
+    def __init__(self, in_features: int, num_classes: int, init_scale: float = 10.0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, in_features))
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # nn.Linear's initialisation
+        self.logit_scale = nn.Parameter(torch.tensor(float(init_scale)).log())
+        self.logit_bias = nn.Parameter(torch.zeros(()))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(tokens.mean(1), dim=-1, eps=1e-6)
+        w = F.normalize(self.weight, dim=-1, eps=1e-6).to(x.dtype)
+        return self.logit_scale.exp() * (x @ w.T) + self.logit_bias
 
 
 class CPRFLOnTokens(nn.Module):

@@ -14,6 +14,7 @@ from typing import Any
 import _emoji
 import numpy as np
 from _heads import PAPER_HEAD, SMALL_HEAD
+from _lt_emoji_tools import CPRFL_METHODS, LINEAR_METHODS
 
 from cprfl_zoo.synthetic import ComposedSet, compose_rgba_set, long_tailed_counts
 
@@ -21,7 +22,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "lt_emoji.json"
 BACKBONE = "tf_efficientnet_lite0"
 TEMPLATE = "a photo of a {}."
 METHODS = ("linear-BCE", "linear-ASL", "CPRFL-ASL", "CPRFL-ASL-random")
-OPTIONS = ("CPRFL-ASL-cosine",)
+# The long-tail tools on both heads (issue 21), and CPRFL's cosine option, in table order.
+OPTIONS = tuple(m for m in (*LINEAR_METHODS, *CPRFL_METHODS) if m not in METHODS)
 REGIMES = ("frozen", "finetune")
 
 
@@ -41,6 +43,8 @@ class EmojiConfig:
     frozen_epochs: int = 20
     finetune_epochs: int = 5
     frozen_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+    frozen_cprfl_lrs: tuple[float, ...] | None = None  # CPRFL's frozen grid if not frozen_lrs
+    anchor_weights: tuple[float, ...] = (30.0, 300.0)  # prompt anchoring (l2) weight grid
     finetune_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     backbone_lr_ratio: float = 0.1
     weight_decay: float = 1e-4
@@ -52,6 +56,17 @@ class EmojiConfig:
 
 CUDA = {"canvas_size": 224, "batch_size": 64, "finetune_epochs": 12, "head": dict(PAPER_HEAD)}
 QUICK = {"seeds": (0,), "frozen_epochs": 4, "finetune_epochs": 1, "frozen_lrs": (1e-3,)}
+
+
+def lr_grid(cfg: EmojiConfig | dict[str, Any], regime: str, method: str) -> tuple[float, ...]:
+    """The learning-rate grid of a method in a regime (a config or its saved dict)."""
+    get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
+    if regime != "frozen":
+        return tuple(get("finetune_lrs"))
+    cprfl = get("frozen_cprfl_lrs")
+    if method.startswith("CPRFL") and cprfl:
+        return tuple(cprfl)
+    return tuple(get("frozen_lrs"))
 
 
 def config_for(device: str = "cpu", quick: bool = False, **overrides: Any) -> EmojiConfig:

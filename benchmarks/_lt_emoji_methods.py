@@ -12,9 +12,11 @@ from typing import Any
 import _lt_train
 import numpy as np
 import torch
-from _heads import CPRFLOnTokens, OnImages, PooledLinear, make_cprfl, make_loss
+from _heads import CPRFLOnTokens, OnImages, PooledCosineLinear, PooledLinear, make_cprfl
 from _lt_diagnostics import cprfl_model, logit_diagnostics, prompt_diagnostics
 from _lt_emoji_data import BACKBONE, EmojiConfig
+from _lt_emoji_tools import AnchoredLoss, make_sampler, make_task_loss, spec_of
+from _lt_thresholded import thresholded_scores
 from torch import nn
 
 
@@ -32,11 +34,13 @@ def build_method(
     cfg: EmojiConfig,
 ) -> nn.Module:
     """The trainable module of one method in one regime (on ``cfg.device``)."""
-    if method.startswith("linear"):
-        head = PooledLinear(backbone.num_features, len(seen_names))
+    spec = spec_of(method)
+    if spec.head == "linear":
+        linear = PooledCosineLinear if spec.cosine else PooledLinear
+        head = linear(backbone.num_features, len(seen_names))
         module = OnImages(copy.deepcopy(backbone), head) if regime == "finetune" else head
         return module.to(cfg.device)
-    options = {"cosine_classifier": True} if method.endswith("-cosine") else {}
+    options = {"cosine_classifier": True} if spec.cosine else {}
     model = make_cprfl(
         BACKBONE, backbone.state_dict(), seen_names, cfg.head, text_embeddings=embeddings, **options
     )
@@ -46,10 +50,13 @@ def build_method(
     return CPRFLOnTokens(model).to(cfg.device)
 
 
-def train(module, get_batch, targets, loss_fn, *, lr: float, epochs: int, cfg, seed: int) -> None:
+def train(
+    module, get_batch, targets, loss_fn, *, lr: float, epochs: int, cfg, seed: int, sampler=None
+) -> None:
     """AdamW + one-cycle schedule, the same for every method; backbone at a lower lr.
 
-    No weight decay on biases and norm weights (1-d parameters); see ``_lt_train.train``.
+    No weight decay on biases and norm weights (1-d parameters); an optional sampler gives each
+    epoch's index list; see ``_lt_train.train``.
     """
     _lt_train.train(
         module,
@@ -63,6 +70,7 @@ def train(module, get_batch, targets, loss_fn, *, lr: float, epochs: int, cfg, s
         seed=seed,
         backbone_lr_ratio=cfg.backbone_lr_ratio,
         device=cfg.device,
+        sampler=sampler,
     )
 
 
@@ -101,9 +109,13 @@ def evaluate_run(
     test_scores = predict(module, lambda i, tr: batch_of("test", i, tr), len(test_all))
     test_y = test_all[:, seen]
     result = long_tail_map(test_scores, test_y, split)
+    val = long_tail_map(val_scores, val_y, split)
+    priors = train_y.mean(0).double()
     run: dict[str, Any] = {
         "val_mAP": round(100 * float(average_precision(val_scores, val_y).nanmean()), 3),
+        "val": {k: round(v, 3) for k, v in val.as_dict(100).items()},
         "test": {k: round(v, 3) for k, v in result.as_dict(100).items()},
+        "f1": thresholded_scores(val_scores, val_y, test_scores, test_y, priors, groups["tail"]),
         "test_ap": [round(100 * float(a), 2) for a in result.ap],
         "diag_test": logit_diagnostics(test_scores, test_y, groups),
     }
@@ -121,13 +133,28 @@ def evaluate_run(
 
 
 def run_one(
-    method, regime, lr, seed, epochs, batch_of, backbone, names, emb, ys, split, unseen, cfg
+    method,
+    regime,
+    lr,
+    seed,
+    epochs,
+    batch_of,
+    backbone,
+    names,
+    emb,
+    ys,
+    split,
+    unseen,
+    cfg,
+    anchor_weight: float | None = None,
 ) -> dict[str, Any]:
-    """Build, train and score one (regime, method, seed, lr) run; its results-file entry.
+    """Build, train and score one (regime, method, seed, lr[, anchor weight]) run.
 
     ``batch_of(set_name, idx, training)`` fetches batches; ``emb`` holds all classes' embeddings;
     ``ys`` and ``unseen`` are as in :func:`evaluate_run`, ``split`` the seen classes' groups.
+    Returns the run's results-file entry.
     """
+    spec = spec_of(method)
     seen = ys[3]
     groups = {k: list(v) for k, v in split.groups().items()}
     torch.manual_seed(seed)
@@ -137,18 +164,26 @@ def run_one(
     if model is not None:
         with torch.no_grad():
             prompts_init = model.get_prompts().float().cpu()
+    loss = make_task_loss(spec, ys[0])
+    if spec.anchor:
+        if model is None or anchor_weight is None:
+            raise ValueError(f"{method} needs a CPRFL head and an anchor weight")
+        loss = AnchoredLoss(loss, model, anchor_weight)
     t = time.perf_counter()
     train(
         module,
         lambda i, tr: batch_of("train", i, tr),
         ys[0],
-        make_loss(method),
+        loss,
         lr=lr,
         epochs=epochs,
         cfg=cfg,
         seed=seed,
+        sampler=make_sampler(spec, ys[0], seed),
     )
     run = {"regime": regime, "method": method, "seed": seed, "lr": lr, "epochs": epochs}
+    if spec.anchor:
+        run["anchor_weight"] = anchor_weight
     run["train_s"] = round(time.perf_counter() - t, 1)
     run.update(evaluate_run(module, batch_of, names, emb, ys, split, groups, unseen, prompts_init))
     return run

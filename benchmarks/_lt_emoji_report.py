@@ -7,13 +7,14 @@ of a (regime, method) is the one with the best validation mAP on the first seed.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from _lt_emoji_data import BACKBONE, METHODS, OPTIONS, REGIMES
+from _lt_emoji_compare import f1_table, method_table, paired_tail_table
+from _lt_emoji_data import BACKBONE, METHODS, OPTIONS, REGIMES, lr_grid
+from _lt_emoji_tools import anchor_base
 from _lt_train import mean_std as _mean_std
 
 
@@ -25,31 +26,60 @@ def load_results(path: Path) -> dict[str, Any]:
 
 
 def _run_key(run: dict[str, Any]) -> tuple:
-    return (run["regime"], run["method"], run["seed"], run["lr"])
+    return (run["regime"], run["method"], run["seed"], run["lr"], run.get("anchor_weight"))
+
+
+GridPoint = tuple[float, float | None]  # (learning rate, anchor weight or None)
+
+
+def grid_points(doc: dict[str, Any], regime: str, method: str) -> list[GridPoint] | None:
+    """The (lr, anchor weight) points of a method's validation grid; None while unknown.
+
+    An anchored method reuses its base method's chosen learning rate and searches the anchor
+    weight (``config["anchor_weights"]``); every other method searches its learning-rate grid.
+    """
+    base = anchor_base(method)
+    if base is None:
+        return [(lr, None) for lr in lr_grid(doc["config"], regime, method)]
+    chosen = chosen_point(doc, regime, base)
+    if chosen is None:
+        return None
+    return [(chosen[0], float(w)) for w in doc["config"].get("anchor_weights", ())]
+
+
+def chosen_point(doc: dict[str, Any], regime: str, method: str) -> GridPoint | None:
+    """The grid point with the best validation mAP on the first seed (None until all are run)."""
+    points = grid_points(doc, regime, method)
+    first = doc["config"]["seeds"][0]
+    runs = {
+        (r["lr"], r.get("anchor_weight")): r
+        for r in doc["runs"]
+        if r["regime"] == regime and r["method"] == method and r["seed"] == first
+    }
+    if not points or any(p not in runs for p in points):
+        return None
+    best = max(points, key=lambda p: runs[p]["val_mAP"])
+    return best
 
 
 def _chosen_lr(doc: dict[str, Any], regime: str, method: str) -> float | None:
-    """The learning rate of the best validation mAP among the grid runs of the first seed."""
-    cfg = doc["config"]
-    grid = cfg["frozen_lrs"] if regime == "frozen" else cfg["finetune_lrs"]
-    first = cfg["seeds"][0]
-    runs = [
-        r
-        for r in doc["runs"]
-        if r["regime"] == regime and r["method"] == method and r["seed"] == first
-    ]
-    if {r["lr"] for r in runs} < set(grid):
-        return None
-    return max(runs, key=lambda r: r["val_mAP"])["lr"]
+    """The learning rate of the chosen grid point (None until the grid is run)."""
+    point = chosen_point(doc, regime, method)
+    return None if point is None else point[0]
 
 
 def selected_runs(doc: dict[str, Any], regime: str, method: str) -> list[dict[str, Any]]:
-    """The runs at the learning rate chosen on validation, one per seed."""
-    lr = _chosen_lr(doc, regime, method)
-    if lr is None:
+    """The runs at the grid point chosen on validation, one per seed."""
+    point = chosen_point(doc, regime, method)
+    if point is None:
         return []
     return sorted(
-        (r for r in doc["runs"] if (r["regime"], r["method"], r["lr"]) == (regime, method, lr)),
+        (
+            r
+            for r in doc["runs"]
+            if (r["regime"], r["method"], r["lr"], r.get("anchor_weight"))
+            == (regime, method, *point)
+        ),
         key=lambda r: r["seed"],
     )
 
@@ -69,43 +99,12 @@ def format_tables(doc: dict[str, Any]) -> str:
             f"### {regime}: {BACKBONE} ImageNet, {cfg['canvas_size']} px, {epochs} epochs, "
             f"batch {cfg['batch_size']}",
             "",
-            "| method | lr (val) | seeds | val mAP | mAP | head | medium | tail |",
-            "|---|---|---|---|---|---|---|---|",
+            *method_table(rows),
+            "",
+            *paired_tail_table(rows),
+            "",
+            *f1_table(rows),
         ]
-        for m, runs in rows.items():
-            cells = []
-            for key in ("mAP", "mAP_head", "mAP_medium", "mAP_tail"):
-                mean, std = _mean_std([r["test"][key] for r in runs])
-                cells.append(f"{mean:.2f} ± {std:.2f}")
-            val = statistics.fmean(r["val_mAP"] for r in runs)
-            lines.append(
-                f"| {m} | {runs[0]['lr']:g} | {len(runs)} | {val:.2f} | " + " | ".join(cells) + " |"
-            )
-        linear = [m for m in rows if m.startswith("linear")]
-        if linear:
-            best = max(linear, key=lambda m: statistics.fmean(r["val_mAP"] for r in rows[m]))
-            lines += [
-                "",
-                f"Paired tail AP difference against the best linear head on validation "
-                f"({best}), per seed:",
-                "",
-            ]
-            lines += [
-                "| method | " + " | ".join(f"seed {r['seed']}" for r in rows[best]) + " | mean |",
-                "|---" * (len(rows[best]) + 2) + "|",
-            ]
-            base = {r["seed"]: r["test"]["mAP_tail"] for r in rows[best]}
-            for m, runs in rows.items():
-                if not m.startswith("CPRFL"):
-                    continue
-                diffs = {
-                    r["seed"]: r["test"]["mAP_tail"] - base[r["seed"]]
-                    for r in runs
-                    if r["seed"] in base
-                }
-                cells = [f"{diffs[s]:+.2f}" if s in diffs else "–" for s in base]
-                mean = statistics.fmean(diffs.values()) if diffs else math.nan
-                lines.append(f"| {m} | " + " | ".join(cells) + f" | {mean:+.2f} |")
         unseen = {m: runs for m, runs in rows.items() if "unseen_ap" in runs[0]}
         if unseen:
             lines += [

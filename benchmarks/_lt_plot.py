@@ -6,8 +6,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _lt_emoji_data import REGIMES
+from _lt_emoji_compare import best_linear
+from _lt_emoji_data import METHODS, OPTIONS, REGIMES
 from _lt_emoji_report import selected_runs
+
+
+def plotted_methods(doc: dict[str, Any], regime: str, most: int = 6) -> list[str]:
+    """The methods drawn: all that have runs, or, beyond ``most``, the baselines (linear-ASL,
+    CPRFL-ASL) and each head's best configuration on validation tail mAP."""
+    rows = {m: selected_runs(doc, regime, m) for m in (*METHODS, *OPTIONS)}
+    rows = {m: r for m, r in rows.items() if r}
+    if len(rows) <= most:
+        return list(rows)
+    cprfl = {m: r for m, r in rows.items() if m.startswith("CPRFL")}
+    picks = ["linear-ASL", best_linear(rows), "CPRFL-ASL", best_linear(cprfl, prefix="CPRFL")]
+    return [m for m in dict.fromkeys(picks) if m in rows]
 
 
 def plot_ap_vs_count(doc: dict[str, Any], path: Path) -> None:
@@ -21,18 +34,10 @@ def plot_ap_vs_count(doc: dict[str, Any], path: Path) -> None:
         raise RuntimeError("the plot needs matplotlib: pip install matplotlib") from e
     regimes = [rg for rg in REGIMES if any(r["regime"] == rg for r in doc["runs"])]
     fig, axes = plt.subplots(1, len(regimes), figsize=(6 * len(regimes), 4), squeeze=False)
-    styles = {
-        "linear-BCE": "s",
-        "linear-ASL": "^",
-        "CPRFL-ASL": "o",
-        "CPRFL-ASL-random": "x",
-        "CPRFL-ASL-cosine": "D",
-    }
+    markers = "s^oxDv<>p*h"
     for ax, regime in zip(axes[0], regimes, strict=True):
-        for method, marker in styles.items():
+        for method, marker in zip(plotted_methods(doc, regime), markers, strict=False):
             runs = selected_runs(doc, regime, method)
-            if not runs:
-                continue
             xs, ys = [], []
             for r in runs:
                 split = doc["splits"][str(r["seed"])]

@@ -11,13 +11,22 @@ from __future__ import annotations
 import math
 import statistics
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
 GetBatch = Callable[[torch.Tensor, bool], torch.Tensor]
+
+
+class EpochSampler(Protocol):
+    """What :func:`train` needs of a sampler: an index list per epoch."""
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def __iter__(self) -> Iterator[int]: ...
 
 
 def logger(name: str) -> Callable[[str], None]:
@@ -99,15 +108,26 @@ def train(
     seed: int,
     backbone_lr_ratio: float = 1.0,
     device: str = "cpu",
+    sampler: EpochSampler | None = None,
 ) -> None:
     """AdamW + one-cycle schedule (20 % warm-up), the same for every method.
 
     Parameters under ``backbone.`` / ``model.backbone.`` train at ``lr * backbone_lr_ratio``;
     biases and norm weights (1-d parameters) get no weight decay. Batches follow a seeded
-    permutation per epoch.
+    permutation per epoch, or the index list ``sampler`` gives for the epoch after
+    ``sampler.set_epoch(epoch)`` (e.g. :class:`cprfl_zoo.data.ClassAwareSampler`); the schedule
+    counts the batches of all epochs' lists.
     """
     n = len(targets)
-    steps = epochs * math.ceil(n / batch_size)
+    gen = torch.Generator().manual_seed(seed)
+    orders = []
+    for epoch in range(epochs):
+        if sampler is None:
+            orders.append(torch.randperm(n, generator=gen))
+        else:
+            sampler.set_epoch(epoch)
+            orders.append(torch.as_tensor(list(sampler), dtype=torch.long))
+    steps = sum(math.ceil(len(order) / batch_size) for order in orders)
     groups = []
     for is_backbone in (True, False):
         for decay in (True, False):
@@ -126,11 +146,9 @@ def train(
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[g["lr"] for g in groups], total_steps=steps, pct_start=0.2
     )
-    gen = torch.Generator().manual_seed(seed)
     module.train()
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        for i in range(0, n, batch_size):
+    for order in orders:
+        for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
             loss = loss_fn(module(get_batch(idx, True)), targets[idx].to(device))
             optimizer.zero_grad(set_to_none=True)

@@ -39,7 +39,6 @@ from _lt_diagnostics import logit_diagnostics
 from _lt_emoji_data import (
     BACKBONE,
     METHODS,
-    OPTIONS,
     REGIMES,
     RESULTS,
     TEMPLATE,
@@ -50,7 +49,8 @@ from _lt_emoji_data import (
     training_counts,
 )
 from _lt_emoji_methods import batches, build_method, extract_tokens, predict, run_one, train
-from _lt_emoji_report import _chosen_lr, _run_key, format_tables, load_results, merge
+from _lt_emoji_report import _run_key, chosen_point, format_tables, grid_points, load_results, merge
+from _lt_emoji_tools import SPECS, anchor_base, spec_of
 from _lt_train import imagenet_backbone, logger, to_input
 
 from cprfl_zoo.fileio import atomic_write_text
@@ -75,6 +75,49 @@ _log = logger("lt_emoji")
 
 
 # ---------------------------------------------------------------------- the benchmark
+def _seed_data(classes, names, seed: int, cfg: EmojiConfig, doc: dict[str, Any]) -> dict[str, Any]:
+    """The splits of one seed, its targets and long-tail split; recorded in ``doc["splits"]``."""
+    from cprfl_zoo.metrics import long_tail_split
+
+    splits = compose_splits(classes.images, classes.pools, classes.subcategories, seed, cfg)
+    seen, unseen = splits.seen.tolist(), splits.unseen.tolist()
+    split = long_tail_split(splits.counts[seen].tolist(), cfg.head_threshold, cfg.tail_threshold)
+    ys = (
+        torch.from_numpy(splits.train.targets[:, seen]).float(),
+        torch.from_numpy(splits.val.targets[:, seen]).float(),
+        torch.from_numpy(splits.test.targets).float(),
+        seen,
+    )
+    _log(f"seed {seed}: {len(ys[0])} training canvases, unseen {[names[i] for i in unseen]}")
+    doc.setdefault("splits", {})[str(seed)] = {
+        "counts": splits.counts.tolist(),
+        "order": splits.order.tolist(),
+        "seen": seen,
+        "unseen": unseen,
+        **{f"num_{k}": len(y) for k, y in zip(("train", "val", "test"), ys, strict=False)},
+    }
+    sets = {"train": splits.train.images, "val": splits.val.images, "test": splits.test.images}
+    return {"ys": ys, "split": split, "unseen": unseen, "sets": sets}
+
+
+def _random_embeddings(text: torch.Tensor, seed: int) -> torch.Tensor:
+    """Random unit embeddings of the text's shape (the ``-random`` methods), seeded by ``seed``."""
+    g = torch.Generator().manual_seed(10_000 + seed)
+    return F.normalize(torch.randn(*text.shape, generator=g), dim=-1)
+
+
+def _points(doc: dict[str, Any], regime: str, method: str, first: bool) -> list:
+    """The grid points to run: the whole grid on the first seed, the chosen one after it."""
+    points = grid_points(doc, regime, method) if first else [chosen_point(doc, regime, method)]
+    if points is None or None in points:
+        base = anchor_base(method)
+        raise RuntimeError(
+            f"no grid point chosen yet for {regime} {method}: run its first seed's grid first"
+            + (f" (and {base} before it, whose learning rate it reuses)" if base else "")
+        )
+    return points
+
+
 def run_benchmark(
     cfg: EmojiConfig,
     regimes: Sequence[str],
@@ -82,9 +125,13 @@ def run_benchmark(
     output: Path,
     data_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Run the requested regimes and methods, appending every finished run to ``output``."""
-    from cprfl_zoo.metrics import long_tail_split
+    """Run the requested regimes and methods, appending every finished run to ``output``.
 
+    Methods run one after the other, each over all seeds (the first seed's grid, then the
+    chosen point on the others), so every finished method has all its seeds. The frozen
+    regime's backbone tokens are computed once per seed (validation and test once in all)
+    and reused by every method.
+    """
     torch.set_num_threads(cfg.threads)
     start = time.perf_counter()
     classes = _emoji.load_emoji_classes(data_dir)
@@ -97,64 +144,38 @@ def run_benchmark(
     doc.update(template=TEMPLATE, backbone=BACKBONE, imagenet_check=check)
     doc["licences"] = _emoji.LICENCES
     done = {_run_key(r) for r in doc["runs"]}
-    for seed in cfg.seeds:
-        splits = compose_splits(classes.images, classes.pools, classes.subcategories, seed, cfg)
-        seen, unseen = splits.seen.tolist(), splits.unseen.tolist()
-        split = long_tail_split(
-            splits.counts[seen].tolist(), cfg.head_threshold, cfg.tail_threshold
-        )
-        ys = (
-            torch.from_numpy(splits.train.targets[:, seen]).float(),
-            torch.from_numpy(splits.val.targets[:, seen]).float(),
-            torch.from_numpy(splits.test.targets).float(),
-            seen,
-        )
-        _log(f"seed {seed}: {len(ys[0])} training canvases, unseen {[names[i] for i in unseen]}")
-        doc.setdefault("splits", {})[str(seed)] = {
-            "counts": splits.counts.tolist(),
-            "order": splits.order.tolist(),
-            "seen": seen,
-            "unseen": unseen,
-            **{f"num_{k}": len(y) for k, y in zip(("train", "val", "test"), ys, strict=False)},
-        }
-        g = torch.Generator().manual_seed(10_000 + seed)
-        random_emb = F.normalize(torch.randn(len(names), text.shape[1], generator=g), dim=-1)
-        sets = {"train": splits.train.images, "val": splits.val.images, "test": splits.test.images}
-        for regime in regimes:
-            tokens: dict[str, torch.Tensor] = {}
-            if regime == "frozen":
-                tokens = {k: extract_tokens(backbone, v, cfg.device) for k, v in sets.items()}
-            epochs = cfg.frozen_epochs if regime == "frozen" else cfg.finetune_epochs
-            lrs = cfg.frozen_lrs if regime == "frozen" else cfg.finetune_lrs
-            for method in methods:
-                chosen = _chosen_lr(doc, regime, method)
-                if chosen is None and seed != cfg.seeds[0]:
-                    raise RuntimeError(f"no learning rate chosen for {regime} {method}")
-                for lr in lrs if chosen is None else (chosen,):
-                    if (regime, method, seed, lr) in done:
+    data = {seed: _seed_data(classes, names, seed, cfg, doc) for seed in cfg.seeds}
+    shared: dict[str, torch.Tensor] = {}  # validation and test tokens: the same for every seed
+    for regime in regimes:
+        if regime == "frozen":
+            t = time.perf_counter()
+            for d in data.values():
+                d["tokens"] = {"train": extract_tokens(backbone, d["sets"]["train"], cfg.device)}
+                for k in ("val", "test"):
+                    if k not in shared:
+                        shared[k] = extract_tokens(backbone, d["sets"][k], cfg.device)
+                    d["tokens"][k] = shared[k]
+            doc.setdefault("token_s", round(time.perf_counter() - t, 1))
+        epochs = cfg.frozen_epochs if regime == "frozen" else cfg.finetune_epochs
+        for method in methods:
+            for seed in cfg.seeds:
+                d = data[seed]
+                for lr, weight in _points(doc, regime, method, seed == cfg.seeds[0]):
+                    if (regime, method, seed, lr, weight) in done:
                         continue
                     gen = torch.Generator().manual_seed(20_000 + seed)
-                    batch_of = batches(regime, tokens, sets, gen, cfg.device)
-                    emb = random_emb if method.endswith("-random") else text
-                    run = run_one(
-                        method,
-                        regime,
-                        lr,
-                        seed,
-                        epochs,
-                        batch_of,
-                        backbone,
-                        names,
-                        emb,
-                        ys,
-                        split,
-                        unseen,
-                        cfg,
-                    )
+                    batch_of = batches(regime, d.get("tokens", {}), d["sets"], gen, cfg.device)
+                    emb = _random_embeddings(text, seed) if spec_of(method).random_text else text
+                    args = (backbone, names, emb, d["ys"], d["split"], d["unseen"], cfg)
+                    run = run_one(method, regime, lr, seed, epochs, batch_of, *args, weight)
                     doc["runs"].append(run)
                     atomic_write_text(output, json.dumps(doc, indent=1))
                     done.add(_run_key(run))
-                    _log(f"{regime} seed {seed} {method} lr {lr:g}: val mAP {run['val_mAP']:.2f}")
+                    w = f" anchor {weight:g}" if weight is not None else ""
+                    _log(
+                        f"{regime} seed {seed} {method} lr {lr:g}{w}: val mAP {run['val_mAP']:.2f}"
+                        f", test tail {run['test']['mAP_tail']:.2f} ({run['train_s']} s)"
+                    )
     doc["runtime_s"] = round(time.perf_counter() - start, 1)
     atomic_write_text(output, json.dumps(doc, indent=1))
     return doc
@@ -163,10 +184,12 @@ def run_benchmark(
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--regime", choices=(*REGIMES, "both"), default="both")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=(*METHODS, *OPTIONS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(SPECS))
     parser.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
     parser.add_argument("--frozen-lrs", type=float, nargs="+", help="frozen lr grid")
     parser.add_argument("--finetune-lrs", type=float, nargs="+", help="fine-tune lr grid")
+    parser.add_argument("--frozen-cprfl-lrs", type=float, nargs="+", help="CPRFL's frozen lr grid")
+    parser.add_argument("--anchor-weights", type=float, nargs="+", help="prompt anchor weight grid")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (224 px, paper head)")
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 lr, few epochs")
     parser.add_argument("--threads", type=int, help="torch threads (default 1)")
@@ -178,7 +201,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.report:
         doc = merge([load_results(p) for p in args.report])
     else:
-        names = ("seeds", "threads", "frozen_lrs", "finetune_lrs")
+        names = ("seeds", "threads", "frozen_lrs", "finetune_lrs", "frozen_cprfl_lrs")
+        names += ("anchor_weights",)
         overrides = {n: getattr(args, n) for n in names if getattr(args, n)}
         overrides = {n: v if isinstance(v, int) else tuple(v) for n, v in overrides.items()}
         cfg = config_for(args.device, args.quick, **overrides)

@@ -66,6 +66,37 @@ class OnImages(nn.Module):
         return self.head(backbone_tokens(self.backbone, self.backbone.forward_features(x)))
 
 
+class TopOnFeatures(nn.Module):
+    """The top of an EfficientNet backbone and a token head, on the frozen bottom's features.
+
+    The top is ``blocks[start:]``, ``conv_head`` and ``bn2`` (timm's ``forward_features``
+    after ``blocks[:start]``); the bottom's parameters are frozen, so only the top and the head
+    train. ``backbone`` may be the backbone of a CPRFL model whose head is ``head``: its
+    parameters are then named ``backbone.*`` here.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, start: int) -> None:
+        super().__init__()
+        self.backbone, self.head, self.start = backbone, head, start
+        for name, p in backbone.named_parameters():
+            top = name.startswith(("conv_head.", "bn2.")) or (
+                name.startswith("blocks.") and int(name.split(".")[1]) >= start
+            )
+            p.requires_grad_(top)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        b = self.backbone
+        x = b.bn2(b.conv_head(b.blocks[self.start :](features)))
+        return self.head(backbone_tokens(b, x))
+
+
+@torch.inference_mode()
+def bottom_features(backbone: nn.Module, x: torch.Tensor, start: int) -> torch.Tensor:
+    """The features of ``x`` after an EfficientNet's stem and ``blocks[:start]`` (eval mode)."""
+    backbone.eval()
+    return backbone.blocks[:start](backbone.bn1(backbone.conv_stem(x)))
+
+
 def make_loss(method: str) -> nn.Module:
     """BCE for ``*-BCE`` methods, ASL (γ- = 4, γ+ = 0, clip 0.05) for the others."""
     from cprfl_zoo import AsymmetricLoss

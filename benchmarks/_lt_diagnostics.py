@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from _heads import CPRFLOnTokens
+from _heads import CPRFLOnTokens, TopOnFeatures
 from torch import nn
 
 
@@ -22,6 +22,8 @@ def cprfl_model(module: nn.Module) -> nn.Module | None:
         return module
     if isinstance(module, CPRFLOnTokens):
         return module.model
+    if isinstance(module, TopOnFeatures):
+        return cprfl_model(module.head)
     return None
 
 

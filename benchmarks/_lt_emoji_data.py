@@ -24,7 +24,9 @@ TEMPLATE = "a photo of a {}."
 METHODS = ("linear-BCE", "linear-ASL", "CPRFL-ASL", "CPRFL-ASL-random")
 # The long-tail tools on both heads (issue 21), and CPRFL's cosine option, in table order.
 OPTIONS = tuple(m for m in (*LINEAR_METHODS, *CPRFL_METHODS) if m not in METHODS)
-REGIMES = ("frozen", "finetune")
+REGIMES = ("frozen", "finetune-top", "finetune")
+BASE_METHODS = ("linear-ASL", "CPRFL-ASL")
+"""Where ``reuse_base_lr`` holds, every other method of a head trains at its base's lr."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,10 @@ class EmojiConfig:
     frozen_cprfl_lrs: tuple[float, ...] | None = None  # CPRFL's frozen grid if not frozen_lrs
     anchor_weights: tuple[float, ...] = (30.0, 300.0)  # prompt anchoring (l2) weight grid
     finetune_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+    top_start: int = 6  # finetune-top: blocks[top_start:], conv_head and bn2 train
+    top_epochs: int = 20
+    top_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+    reuse_base_lr: tuple[str, ...] = ("finetune-top",)  # regimes whose tools reuse the base lr
     backbone_lr_ratio: float = 0.1
     weight_decay: float = 1e-4
     test_seed: int = 1234
@@ -56,17 +62,26 @@ class EmojiConfig:
 
 CUDA = {"canvas_size": 224, "batch_size": 64, "finetune_epochs": 12, "head": dict(PAPER_HEAD)}
 QUICK = {"seeds": (0,), "frozen_epochs": 4, "finetune_epochs": 1, "frozen_lrs": (1e-3,)}
+QUICK.update(top_epochs=2, top_lrs=(1e-3,))
 
 
 def lr_grid(cfg: EmojiConfig | dict[str, Any], regime: str, method: str) -> tuple[float, ...]:
     """The learning-rate grid of a method in a regime (a config or its saved dict)."""
     get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
+    if regime == "finetune-top":
+        return tuple(get("top_lrs"))
     if regime != "frozen":
         return tuple(get("finetune_lrs"))
     cprfl = get("frozen_cprfl_lrs")
     if method.startswith("CPRFL") and cprfl:
         return tuple(cprfl)
     return tuple(get("frozen_lrs"))
+
+
+def epochs_of(cfg: EmojiConfig | dict[str, Any], regime: str) -> int:
+    """The number of training epochs of a regime (a config or its saved dict)."""
+    key = {"frozen": "frozen_epochs", "finetune-top": "top_epochs"}.get(regime, "finetune_epochs")
+    return int(cfg[key] if isinstance(cfg, dict) else getattr(cfg, key))
 
 
 def config_for(device: str = "cpu", quick: bool = False, **overrides: Any) -> EmojiConfig:

@@ -12,7 +12,15 @@ from typing import Any
 import _lt_train
 import numpy as np
 import torch
-from _heads import CPRFLOnTokens, OnImages, PooledCosineLinear, PooledLinear, make_cprfl
+from _heads import (
+    CPRFLOnTokens,
+    OnImages,
+    PooledCosineLinear,
+    PooledLinear,
+    TopOnFeatures,
+    bottom_features,
+    make_cprfl,
+)
 from _lt_diagnostics import cprfl_model, logit_diagnostics, prompt_diagnostics
 from _lt_emoji_data import BACKBONE, EmojiConfig
 from _lt_emoji_tools import AnchoredLoss, make_sampler, make_task_loss, spec_of
@@ -25,6 +33,23 @@ def extract_tokens(backbone: nn.Module, canvases: np.ndarray, device: str, batch
     return _lt_train.extract_tokens(backbone, canvases, device, batch)
 
 
+@torch.inference_mode()
+def extract_bottom(
+    backbone: nn.Module, canvases: np.ndarray, start: int, device: str, batch: int = 64
+) -> dict[str, torch.Tensor]:
+    """The frozen bottom's features of all canvases and of their mirror images (finetune-top).
+
+    Returns:
+        ``{"plain": (N, c, h, w), "flipped": (N, c, h, w)}`` on the CPU.
+    """
+    out: dict[str, list[torch.Tensor]] = {"plain": [], "flipped": []}
+    for i in range(0, len(canvases), batch):
+        x = _lt_train.to_input(canvases[i : i + batch]).to(device)
+        out["plain"].append(bottom_features(backbone, x, start).float().cpu())
+        out["flipped"].append(bottom_features(backbone, x.flip(-1), start).float().cpu())
+    return {k: torch.cat(v).contiguous() for k, v in out.items()}
+
+
 def build_method(
     method: str,
     regime: str,
@@ -33,25 +58,45 @@ def build_method(
     seen_names: list[str],
     cfg: EmojiConfig,
 ) -> nn.Module:
-    """The trainable module of one method in one regime (on ``cfg.device``)."""
+    """The trainable module of one method in one regime (on ``cfg.device``).
+
+    ``frozen`` trains the head on cached tokens, ``finetune-top`` the backbone's top
+    (:class:`_heads.TopOnFeatures`) and the head on the bottom's cached features, ``finetune``
+    everything on images.
+    """
     spec = spec_of(method)
     if spec.head == "linear":
         linear = PooledCosineLinear if spec.cosine else PooledLinear
         head = linear(backbone.num_features, len(seen_names))
-        module = OnImages(copy.deepcopy(backbone), head) if regime == "finetune" else head
-        return module.to(cfg.device)
+        if regime == "finetune":
+            return OnImages(copy.deepcopy(backbone), head).to(cfg.device)
+        if regime == "finetune-top":
+            return TopOnFeatures(copy.deepcopy(backbone), head, cfg.top_start).to(cfg.device)
+        return head.to(cfg.device)
     options = {"cosine_classifier": True} if spec.cosine else {}
     model = make_cprfl(
         BACKBONE, backbone.state_dict(), seen_names, cfg.head, text_embeddings=embeddings, **options
     )
     if regime == "finetune":
         return model.to(cfg.device)
+    if regime == "finetune-top":
+        return TopOnFeatures(model.backbone, CPRFLOnTokens(model), cfg.top_start).to(cfg.device)
     model.backbone.requires_grad_(False)
     return CPRFLOnTokens(model).to(cfg.device)
 
 
 def train(
-    module, get_batch, targets, loss_fn, *, lr: float, epochs: int, cfg, seed: int, sampler=None
+    module,
+    get_batch,
+    targets,
+    loss_fn,
+    *,
+    lr: float,
+    epochs: int,
+    cfg,
+    seed: int,
+    sampler=None,
+    on_epoch=None,
 ) -> None:
     """AdamW + one-cycle schedule, the same for every method; backbone at a lower lr.
 
@@ -71,6 +116,7 @@ def train(
         backbone_lr_ratio=cfg.backbone_lr_ratio,
         device=cfg.device,
         sampler=sampler,
+        on_epoch=on_epoch,
     )
 
 
@@ -80,12 +126,19 @@ def predict(module: nn.Module, get_batch, n: int) -> torch.Tensor:
 
 
 def batches(regime: str, tokens: dict, sets: dict, gen: torch.Generator, device: str):
-    """``batch_of(set_name, idx, training)``: cached tokens (frozen) or images, augmented in
-    training with ``gen`` (finetune)."""
+    """``batch_of(set_name, idx, training)``: cached tokens (frozen), cached bottom features
+    (finetune-top; in training each sample's mirror image with probability 1/2, drawn from
+    ``gen``) or images, augmented in training with ``gen`` (finetune)."""
 
     def batch_of(name: str, idx: torch.Tensor, training: bool) -> torch.Tensor:
         if regime == "frozen":
             return tokens[name][idx].to(device)
+        if regime == "finetune-top":
+            feats = tokens[name]
+            if not training:
+                return feats["plain"][idx].to(device)
+            flip = (torch.rand(len(idx), generator=gen) < 0.5)[:, None, None, None]
+            return torch.where(flip, feats["flipped"][idx], feats["plain"][idx]).to(device)
         x = _lt_train.to_input(sets[name][idx.numpy()])
         return (_lt_train.augment(x, gen) if training else x).to(device)
 
@@ -169,6 +222,17 @@ def run_one(
         if model is None or anchor_weight is None:
             raise ValueError(f"{method} needs a CPRFL head and an anchor weight")
         loss = AnchoredLoss(loss, model, anchor_weight)
+    curve: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "val_mAP": []}
+    val_loss = make_task_loss(spec, ys[0])
+
+    def on_epoch(epoch: int, train_loss: float) -> None:
+        from cprfl_zoo.metrics import average_precision
+
+        scores = predict(module, lambda i, tr: batch_of("val", i, tr), len(ys[1]))
+        curve["train_loss"].append(round(train_loss, 5))
+        curve["val_loss"].append(round(float(val_loss(scores, ys[1])), 5))
+        curve["val_mAP"].append(round(100 * float(average_precision(scores, ys[1]).nanmean()), 3))
+
     t = time.perf_counter()
     train(
         module,
@@ -180,10 +244,12 @@ def run_one(
         cfg=cfg,
         seed=seed,
         sampler=make_sampler(spec, ys[0], seed),
+        on_epoch=on_epoch,
     )
     run = {"regime": regime, "method": method, "seed": seed, "lr": lr, "epochs": epochs}
     if spec.anchor:
         run["anchor_weight"] = anchor_weight
     run["train_s"] = round(time.perf_counter() - t, 1)
+    run["curve"] = curve
     run.update(evaluate_run(module, batch_of, names, emb, ys, split, groups, unseen, prompts_init))
     return run

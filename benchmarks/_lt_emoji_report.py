@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from _lt_emoji_compare import f1_table, method_table, paired_tail_table
-from _lt_emoji_data import BACKBONE, METHODS, OPTIONS, REGIMES, lr_grid
-from _lt_emoji_tools import anchor_base
+from _lt_emoji_data import BACKBONE, BASE_METHODS, METHODS, OPTIONS, REGIMES, epochs_of, lr_grid
+from _lt_emoji_tools import anchor_base, spec_of
 from _lt_train import mean_std as _mean_std
 
 
@@ -36,10 +36,15 @@ def grid_points(doc: dict[str, Any], regime: str, method: str) -> list[GridPoint
     """The (lr, anchor weight) points of a method's validation grid; None while unknown.
 
     An anchored method reuses its base method's chosen learning rate and searches the anchor
-    weight (``config["anchor_weights"]``); every other method searches its learning-rate grid.
+    weight (``config["anchor_weights"]``). In the regimes of ``config["reuse_base_lr"]`` every
+    other method reuses the chosen learning rate of its head's ASL baseline
+    (:data:`BASE_METHODS`); elsewhere it searches its learning-rate grid.
     """
     base = anchor_base(method)
     if base is None:
+        if regime in doc["config"].get("reuse_base_lr", ()) and method not in BASE_METHODS:
+            chosen = chosen_point(doc, regime, BASE_METHODS[spec_of(method).head == "cprfl"])
+            return None if chosen is None else [(chosen[0], None)]
         return [(lr, None) for lr in lr_grid(doc["config"], regime, method)]
     chosen = chosen_point(doc, regime, base)
     if chosen is None:
@@ -48,8 +53,11 @@ def grid_points(doc: dict[str, Any], regime: str, method: str) -> list[GridPoint
 
 
 def chosen_point(doc: dict[str, Any], regime: str, method: str) -> GridPoint | None:
-    """The grid point with the best validation mAP on the first seed (None until all are run)."""
+    """The grid point with the best validation mAP on the first seed (None until all are run;
+    the only point of a one-point grid at once)."""
     points = grid_points(doc, regime, method)
+    if points is not None and len(points) == 1:
+        return points[0]  # nothing to choose
     first = doc["config"]["seeds"][0]
     runs = {
         (r["lr"], r.get("anchor_weight")): r
@@ -94,7 +102,7 @@ def format_tables(doc: dict[str, Any]) -> str:
         rows = {m: r for m, r in rows.items() if r}
         if not rows:
             continue
-        epochs = cfg["frozen_epochs"] if regime == "frozen" else cfg["finetune_epochs"]
+        epochs = epochs_of(cfg, regime)
         lines += [
             f"### {regime}: {BACKBONE} ImageNet, {cfg['canvas_size']} px, {epochs} epochs, "
             f"batch {cfg['batch_size']}",

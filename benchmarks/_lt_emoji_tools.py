@@ -63,7 +63,7 @@ def _spec(name: str) -> MethodSpec:
     )
 
 
-_TOOLS = ("DB", "ASL-LA", "ASL-CAS", "ASL-RFS", "ASL-cosine")
+_TOOLS = ("DB", "ASL-LA", "ASL-CAS", "ASL-RFS", "ASL-cosine", "ASL-RFS-cosine", "DB-RFS")
 LINEAR_METHODS = ("linear-BCE", "linear-ASL", *(f"linear-{t}" for t in _TOOLS))
 CPRFL_METHODS = (
     "CPRFL-ASL",
@@ -71,6 +71,7 @@ CPRFL_METHODS = (
     *(f"CPRFL-{t}" for t in _TOOLS),
     "CPRFL-ASL-anchor",
     "CPRFL-ASL-cosine-anchor",
+    "CPRFL-ASL-RFS-anchor",
 )
 SPECS: dict[str, MethodSpec] = {m: _spec(m) for m in (*LINEAR_METHODS, *CPRFL_METHODS)}
 """Every method of the benchmark, by name."""

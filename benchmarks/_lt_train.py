@@ -109,6 +109,7 @@ def train(
     backbone_lr_ratio: float = 1.0,
     device: str = "cpu",
     sampler: EpochSampler | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> None:
     """AdamW + one-cycle schedule (20 % warm-up), the same for every method.
 
@@ -116,7 +117,8 @@ def train(
     biases and norm weights (1-d parameters) get no weight decay. Batches follow a seeded
     permutation per epoch, or the index list ``sampler`` gives for the epoch after
     ``sampler.set_epoch(epoch)`` (e.g. :class:`cprfl_zoo.data.ClassAwareSampler`); the schedule
-    counts the batches of all epochs' lists.
+    counts the batches of all epochs' lists. ``on_epoch(epoch, mean_loss)`` is called after
+    each epoch with the mean of its batch losses (it may put the module in eval mode).
     """
     n = len(targets)
     gen = torch.Generator().manual_seed(seed)
@@ -146,8 +148,9 @@ def train(
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[g["lr"] for g in groups], total_steps=steps, pct_start=0.2
     )
-    module.train()
-    for order in orders:
+    for epoch, order in enumerate(orders):
+        module.train()
+        total = torch.zeros((), dtype=torch.float64, device=device)
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
             loss = loss_fn(module(get_batch(idx, True)), targets[idx].to(device))
@@ -155,6 +158,9 @@ def train(
             loss.backward()
             optimizer.step()
             scheduler.step()
+            total += loss.detach().double()
+        if on_epoch is not None:
+            on_epoch(epoch, float(total) / math.ceil(len(order) / batch_size))
 
 
 @torch.no_grad()

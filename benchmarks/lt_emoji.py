@@ -16,7 +16,7 @@ held-out classes are scored after ``set_classes``. The full protocol and the res
 Every finished (regime, method, seed, lr) run is appended to the JSON results file at once, and
 a rerun skips the runs already there, so an interrupted run resumes.
 
-Run: ``python benchmarks/lt_emoji.py`` (both regimes), ``--regime frozen``, ``--quick``,
+Run: ``python benchmarks/lt_emoji.py`` (every regime), ``--regime frozen``, ``--quick``,
 ``--report FILES`` to print the tables (``--plot`` draws AP vs training count) from saved results.
 """
 
@@ -46,9 +46,18 @@ from _lt_emoji_data import (
     EmojiSplits,
     compose_splits,
     config_for,
+    epochs_of,
     training_counts,
 )
-from _lt_emoji_methods import batches, build_method, extract_tokens, predict, run_one, train
+from _lt_emoji_methods import (
+    batches,
+    build_method,
+    extract_bottom,
+    extract_tokens,
+    predict,
+    run_one,
+    train,
+)
 from _lt_emoji_report import _run_key, chosen_point, format_tables, grid_points, load_results, merge
 from _lt_emoji_tools import SPECS, anchor_base, spec_of
 from _lt_train import imagenet_backbone, logger, to_input
@@ -118,6 +127,44 @@ def _points(doc: dict[str, Any], regime: str, method: str, first: bool) -> list:
     return points
 
 
+def _cache_features(regime: str, backbone, data: dict[int, dict], cfg: EmojiConfig) -> None:
+    """Cache each seed's inputs of a regime in ``data[seed]["features"][regime]``.
+
+    ``frozen``: the backbone's tokens; ``finetune-top``: the frozen bottom's features of the
+    canvases and of their mirror images, checked once against the whole backbone. Validation
+    and test are the same for every seed, so they are computed once.
+    """
+    if regime == "finetune-top":
+        _check_top_split(backbone, cfg)
+
+    def extract(canvases):
+        if regime == "frozen":
+            return extract_tokens(backbone, canvases, cfg.device)
+        return extract_bottom(backbone, canvases, cfg.top_start, cfg.device)
+
+    shared: dict[str, Any] = {}
+    for d in data.values():
+        cached = {"train": extract(d["sets"]["train"])}
+        for k in ("val", "test"):
+            if k not in shared:
+                shared[k] = extract(d["sets"][k])
+            cached[k] = shared[k]
+        d.setdefault("features", {})[regime] = cached
+
+
+def _check_top_split(backbone, cfg: EmojiConfig) -> None:
+    """Raise if the bottom and top of ``finetune-top`` do not compose to ``forward_features``."""
+    from _heads import bottom_features
+
+    x = torch.randn(2, 3, cfg.canvas_size, cfg.canvas_size, device=cfg.device)
+    with torch.inference_mode():
+        f = bottom_features(backbone, x, cfg.top_start)
+        top = backbone.bn2(backbone.conv_head(backbone.blocks[cfg.top_start :](f)))
+        err = float((top - backbone.forward_features(x)).abs().max())
+    if err > 1e-4:
+        raise RuntimeError(f"finetune-top split at block {cfg.top_start} is off by {err:g}")
+
+
 def run_benchmark(
     cfg: EmojiConfig,
     regimes: Sequence[str],
@@ -145,18 +192,12 @@ def run_benchmark(
     doc["licences"] = _emoji.LICENCES
     done = {_run_key(r) for r in doc["runs"]}
     data = {seed: _seed_data(classes, names, seed, cfg, doc) for seed in cfg.seeds}
-    shared: dict[str, torch.Tensor] = {}  # validation and test tokens: the same for every seed
     for regime in regimes:
-        if regime == "frozen":
+        if regime in ("frozen", "finetune-top"):
             t = time.perf_counter()
-            for d in data.values():
-                d["tokens"] = {"train": extract_tokens(backbone, d["sets"]["train"], cfg.device)}
-                for k in ("val", "test"):
-                    if k not in shared:
-                        shared[k] = extract_tokens(backbone, d["sets"][k], cfg.device)
-                    d["tokens"][k] = shared[k]
-            doc.setdefault("token_s", round(time.perf_counter() - t, 1))
-        epochs = cfg.frozen_epochs if regime == "frozen" else cfg.finetune_epochs
+            _cache_features(regime, backbone, data, cfg)
+            doc.setdefault("feature_s", {})[regime] = round(time.perf_counter() - t, 1)
+        epochs = epochs_of(cfg, regime)
         for method in methods:
             for seed in cfg.seeds:
                 d = data[seed]
@@ -164,7 +205,8 @@ def run_benchmark(
                     if (regime, method, seed, lr, weight) in done:
                         continue
                     gen = torch.Generator().manual_seed(20_000 + seed)
-                    batch_of = batches(regime, d.get("tokens", {}), d["sets"], gen, cfg.device)
+                    cached = d.get("features", {}).get(regime, {})
+                    batch_of = batches(regime, cached, d["sets"], gen, cfg.device)
                     emb = _random_embeddings(text, seed) if spec_of(method).random_text else text
                     args = (backbone, names, emb, d["ys"], d["split"], d["unseen"], cfg)
                     run = run_one(method, regime, lr, seed, epochs, batch_of, *args, weight)
@@ -183,13 +225,16 @@ def run_benchmark(
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--regime", choices=(*REGIMES, "both"), default="both")
+    parser.add_argument("--regime", choices=(*REGIMES, "all"), default="all")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(SPECS))
     parser.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
     parser.add_argument("--frozen-lrs", type=float, nargs="+", help="frozen lr grid")
     parser.add_argument("--finetune-lrs", type=float, nargs="+", help="fine-tune lr grid")
     parser.add_argument("--frozen-cprfl-lrs", type=float, nargs="+", help="CPRFL's frozen lr grid")
     parser.add_argument("--anchor-weights", type=float, nargs="+", help="prompt anchor weight grid")
+    parser.add_argument("--top-lrs", type=float, nargs="+", help="finetune-top lr grid")
+    parser.add_argument("--top-epochs", type=int, help="finetune-top epochs")
+    parser.add_argument("--top-start", type=int, help="finetune-top: first trained block stage")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (224 px, paper head)")
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 lr, few epochs")
     parser.add_argument("--threads", type=int, help="torch threads (default 1)")
@@ -202,11 +247,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         doc = merge([load_results(p) for p in args.report])
     else:
         names = ("seeds", "threads", "frozen_lrs", "finetune_lrs", "frozen_cprfl_lrs")
-        names += ("anchor_weights",)
+        names += ("anchor_weights", "top_lrs", "top_epochs", "top_start")
         overrides = {n: getattr(args, n) for n in names if getattr(args, n)}
         overrides = {n: v if isinstance(v, int) else tuple(v) for n, v in overrides.items()}
         cfg = config_for(args.device, args.quick, **overrides)
-        regimes = REGIMES if args.regime == "both" else (args.regime,)
+        regimes = REGIMES if args.regime == "all" else (args.regime,)
         try:
             doc = run_benchmark(cfg, regimes, args.methods, args.output, args.data_dir)
         except FileNotFoundError as e:

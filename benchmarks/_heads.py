@@ -90,7 +90,7 @@ class TopOnFeatures(nn.Module):
         return self.head(backbone_tokens(b, x))
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def bottom_features(backbone: nn.Module, x: torch.Tensor, start: int) -> torch.Tensor:
     """The features of ``x`` after an EfficientNet's stem and ``blocks[:start]`` (eval mode)."""
     backbone.eval()

@@ -33,7 +33,7 @@ def extract_tokens(backbone: nn.Module, canvases: np.ndarray, device: str, batch
     return _lt_train.extract_tokens(backbone, canvases, device, batch)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def extract_bottom(
     backbone: nn.Module, canvases: np.ndarray, start: int, device: str, batch: int = 64
 ) -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from _lt_curves import convergence_table
 from _lt_emoji_compare import f1_table, method_table, paired_tail_table
 from _lt_emoji_data import BACKBONE, BASE_METHODS, METHODS, OPTIONS, REGIMES, epochs_of, lr_grid
 from _lt_emoji_tools import anchor_base, spec_of
@@ -92,14 +93,19 @@ def selected_runs(doc: dict[str, Any], regime: str, method: str) -> list[dict[st
     )
 
 
+def regime_rows(doc: dict[str, Any], regime: str) -> dict[str, list[dict[str, Any]]]:
+    """Every method's runs at its chosen grid point in ``regime``, in table order."""
+    methods = [m for m in (*METHODS, *OPTIONS) if any(r["method"] == m for r in doc["runs"])]
+    rows = {m: selected_runs(doc, regime, m) for m in methods}
+    return {m: r for m, r in rows.items() if r}
+
+
 def format_tables(doc: dict[str, Any]) -> str:
     """Markdown tables: per regime mean ± std, paired tail differences, unseen AP, diagnostics."""
     cfg = doc["config"]
     lines: list[str] = []
-    methods = [m for m in (*METHODS, *OPTIONS) if any(r["method"] == m for r in doc["runs"])]
     for regime in REGIMES:
-        rows = {m: selected_runs(doc, regime, m) for m in methods}
-        rows = {m: r for m, r in rows.items() if r}
+        rows = regime_rows(doc, regime)
         if not rows:
             continue
         epochs = epochs_of(cfg, regime)
@@ -113,6 +119,9 @@ def format_tables(doc: dict[str, Any]) -> str:
             "",
             *f1_table(rows),
         ]
+        curves = convergence_table(rows)
+        if curves:
+            lines += ["", *curves]
         unseen = {m: runs for m, runs in rows.items() if "unseen_ap" in runs[0]}
         if unseen:
             lines += [

@@ -58,8 +58,16 @@ from _lt_emoji_methods import (
     run_one,
     train,
 )
-from _lt_emoji_report import _run_key, chosen_point, format_tables, grid_points, load_results, merge
-from _lt_emoji_tools import SPECS, anchor_base, spec_of
+from _lt_emoji_report import (
+    _run_key,
+    chosen_point,
+    format_tables,
+    grid_points,
+    load_results,
+    merge,
+    regime_rows,
+)
+from _lt_emoji_tools import SPECS, anchor_base, make_sampler, make_task_loss, spec_of
 from _lt_train import imagenet_backbone, logger, to_input
 
 from cprfl_zoo.fileio import atomic_write_text
@@ -75,7 +83,10 @@ __all__ = [
     "extract_tokens",
     "logit_diagnostics",
     "make_loss",
+    "make_sampler",
+    "make_task_loss",
     "predict",
+    "spec_of",
     "to_input",
     "train",
     "training_counts",
@@ -123,6 +134,11 @@ def _points(doc: dict[str, Any], regime: str, method: str, first: bool) -> list:
         raise RuntimeError(
             f"no grid point chosen yet for {regime} {method}: run its first seed's grid first"
             + (f" (and {base} before it, whose learning rate it reuses)" if base else "")
+            + (
+                f" (and its head's ASL baseline, whose learning rate it reuses in {regime})"
+                if regime in doc["config"].get("reuse_base_lr", ()) and not base
+                else ""
+            )
         )
     return points
 
@@ -242,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
     parser.add_argument("--report", type=Path, nargs="+", help="only print tables from these")
     parser.add_argument("--plot", type=Path, help="draw AP vs training count into this image")
+    parser.add_argument("--curves", type=Path, help="draw the training curves into this image")
     args = parser.parse_args(argv)
     if args.report:
         doc = merge([load_results(p) for p in args.report])
@@ -263,6 +280,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         plot_ap_vs_count(doc, args.plot)
         print(f"plot written to {args.plot}")
+    if args.curves:
+        from _lt_curves import plot_curves
+
+        plot_curves({rg: regime_rows(doc, rg) for rg in REGIMES}, args.curves)
+        print(f"curves written to {args.curves}")
 
 
 if __name__ == "__main__":

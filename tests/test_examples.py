@@ -23,7 +23,7 @@ import open_clip
 import pytest
 import timm.data
 import torch
-from conftest import LT_SPLITS_SKIP, lt_splits_dir, tiny_cprfl
+from conftest import LT_SPLITS_SKIP, TINY_HEAD, lt_splits_dir, tiny_cprfl
 from PIL import Image
 from safetensors.torch import save_file
 from tiny_clip import TINY_CFG
@@ -135,6 +135,56 @@ def test_quickstart_fast_offline(tmp_path, capsys, monkeypatch):
     assert predict.main([str(folder), str(sample), "--threshold", "0"]) == 0
     predicted = {n: p for p, n in _printed(capsys.readouterr().out)}
     assert len(quick) == 3 and all(abs(predicted[n] - p) < 0.02 for n, p in quick.items())
+
+
+def test_quickstart_emoji_trains_the_recommended_cprfl_beside_the_best_linear(capsys, monkeypatch):
+    # The emoji demo's training step on tiny tokens: the best linear configuration of the
+    # benchmark (weight-normalised linear head) and the recommended CPRFL one (repeat-factor
+    # sampling), each with the benchmark's own loss and sampler.
+    from types import SimpleNamespace
+
+    quickstart = load_example("quickstart")
+    _, _, lt = quickstart.benchmark_modules()
+    import _heads
+    import _lt_emoji_methods
+
+    from cprfl_zoo.backbone import create_backbone
+    from cprfl_zoo.data import RepeatFactorSampler
+    from cprfl_zoo.metrics import long_tail_split
+
+    monkeypatch.setattr(_lt_emoji_methods, "BACKBONE", "test_resnet")
+    backbone = create_backbone("test_resnet").eval()
+    g = torch.Generator().manual_seed(0)
+    n_train, n_test, seen = 24, 12, [0, 1, 2, 3]
+    train_t = (torch.rand(n_train, 5, generator=g) < 0.4).float()
+    train_t[:, 0] = 1.0  # a frequent class, so repeat-factor sampling repeats the others
+    test_y = (torch.rand(n_test, 5, generator=g) < 0.4).float()
+    test_y[:2] = 1.0
+    data = SimpleNamespace(seen=np.array(seen), train=SimpleNamespace(targets=train_t.numpy()))
+    counts = train_t[:, seen].sum(0).long().tolist()
+    ctx = {
+        "data": data, "names": list("abcde"), "backbone": backbone, "test_y": test_y,
+        "cfg": lt.EmojiConfig(batch_size=8, head=dict(TINY_HEAD)),
+        "split": long_tail_split(counts, head_threshold=20, tail_threshold=5),
+        "tokens": {k: torch.randn(n, 4, backbone.num_features, generator=g)
+                   for k, n in (("train", n_train), ("test", n_test))},
+        "text": torch.nn.functional.normalize(torch.randn(5, 16, generator=g), dim=-1),
+    }  # fmt: skip
+    samplers = {}
+    real_train = lt.train
+
+    def train(module, *args, sampler=None, **kwargs):
+        samplers[type(module).__name__] = sampler
+        return real_train(module, *args, sampler=sampler, **kwargs)
+
+    monkeypatch.setattr(lt, "train", train)
+    results, modules = quickstart.train_emoji_heads(SimpleNamespace(epochs=1, seed=0), lt, ctx)
+    assert set(results) == {"linear head", "CPRFL"}
+    assert isinstance(modules["linear head"], _heads.PooledCosineLinear)
+    assert samplers["PooledCosineLinear"] is None
+    assert isinstance(samplers["CPRFLOnTokens"], RepeatFactorSampler)
+    out = capsys.readouterr().out
+    assert "(linear-ASL-cosine)" in out and "(CPRFL-ASL-RFS)" in out
 
 
 @pytest.mark.parametrize("packages_installed", [False, True])

@@ -50,7 +50,8 @@ class EmojiConfig:
     finetune_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     top_start: int = 6  # finetune-top: blocks[top_start:], conv_head and bn2 train
     top_epochs: int = 20
-    top_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+    top_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+    top_cprfl_lrs: tuple[float, ...] | None = (3e-4, 1e-3, 3e-3)  # CPRFL's, if not top_lrs
     reuse_base_lr: tuple[str, ...] = ("finetune-top",)  # regimes whose tools reuse the base lr
     backbone_lr_ratio: float = 0.1
     weight_decay: float = 1e-4
@@ -62,14 +63,15 @@ class EmojiConfig:
 
 CUDA = {"canvas_size": 224, "batch_size": 64, "finetune_epochs": 12, "head": dict(PAPER_HEAD)}
 QUICK = {"seeds": (0,), "frozen_epochs": 4, "finetune_epochs": 1, "frozen_lrs": (1e-3,)}
-QUICK.update(top_epochs=2, top_lrs=(1e-3,))
+QUICK.update(top_epochs=2, top_lrs=(1e-3,), top_cprfl_lrs=None)
 
 
 def lr_grid(cfg: EmojiConfig | dict[str, Any], regime: str, method: str) -> tuple[float, ...]:
     """The learning-rate grid of a method in a regime (a config or its saved dict)."""
     get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
     if regime == "finetune-top":
-        return tuple(get("top_lrs"))
+        cprfl = get("top_cprfl_lrs")
+        return tuple(cprfl if method.startswith("CPRFL") and cprfl else get("top_lrs"))
     if regime != "frozen":
         return tuple(get("finetune_lrs"))
     cprfl = get("frozen_cprfl_lrs")

@@ -5,11 +5,15 @@ backbone is fine-tuned? 72 emoji classes (9 subcategories of 8) in two drawing s
 npm packages ``emoji-datasource-google`` and ``emoji-datasource-twitter`` (``_emoji.py``),
 composed 1-4 per canvas by :func:`cprfl_zoo.synthetic.compose_rgba_set` with a long-tailed
 training set (63 seen classes, imbalance 100; the last frequency block of 9 classes unseen) and
-balanced validation / test sets (``_lt_emoji_data.py``). Two regimes, the same budget for every
-method within each: ``frozen`` (ImageNet EfficientNet-Lite0 tokens, 20 epochs) and
-``finetune`` (end to end, 5 epochs); methods ``linear-BCE``, ``linear-ASL``, ``CPRFL-ASL``
-(MiniLM name embeddings), ``CPRFL-ASL-random`` and the option ``CPRFL-ASL-cosine``. Each
-method's learning rate is chosen on validation (seed 0) and reused for the other seeds; the
+balanced validation / test sets (``_lt_emoji_data.py``). Three regimes, the same budget for
+every method within each: ``frozen`` (ImageNet EfficientNet-Lite0 tokens, 20 epochs),
+``finetune-top`` (the backbone's last stage and head convolution trained with the head on the
+frozen bottom's cached features, 20 epochs: the CPU's fine-tuned regime) and ``finetune`` (end
+to end; 5 epochs on the CPU, 12 at 224 px with the paper's head sizes under ``--device cuda``).
+Methods are ``<head>-<loss>[-<option>...]`` (``_lt_emoji_tools.py``): linear and CPRFL heads,
+each with every long-tail tool of the library. Each method's learning rate is chosen on
+validation (seed 0) and reused for the other seeds (in ``finetune-top`` the tools reuse their
+head's ASL baseline's); every run records per-epoch training and validation curves; the
 held-out classes are scored after ``set_classes``. The full protocol and the results are in
 ``docs/src/benchmark_accuracy.md``.
 
@@ -17,7 +21,8 @@ Every finished (regime, method, seed, lr) run is appended to the JSON results fi
 a rerun skips the runs already there, so an interrupted run resumes.
 
 Run: ``python benchmarks/lt_emoji.py`` (every regime), ``--regime frozen``, ``--quick``,
-``--report FILES`` to print the tables (``--plot`` draws AP vs training count) from saved results.
+``--report FILES`` to print the tables (``--plot`` draws AP vs training count, ``--curves`` the
+training curves) from saved results.
 """
 
 from __future__ import annotations
@@ -249,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--frozen-cprfl-lrs", type=float, nargs="+", help="CPRFL's frozen lr grid")
     parser.add_argument("--anchor-weights", type=float, nargs="+", help="prompt anchor weight grid")
     parser.add_argument("--top-lrs", type=float, nargs="+", help="finetune-top lr grid")
+    parser.add_argument("--top-cprfl-lrs", type=float, nargs="+", help="CPRFL's finetune-top grid")
     parser.add_argument("--top-epochs", type=int, help="finetune-top epochs")
     parser.add_argument("--top-start", type=int, help="finetune-top: first trained block stage")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (224 px, paper head)")
@@ -264,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         doc = merge([load_results(p) for p in args.report])
     else:
         names = ("seeds", "threads", "frozen_lrs", "finetune_lrs", "frozen_cprfl_lrs")
-        names += ("anchor_weights", "top_lrs", "top_epochs", "top_start")
+        names += ("anchor_weights", "top_lrs", "top_cprfl_lrs", "top_epochs", "top_start")
         overrides = {n: getattr(args, n) for n in names if getattr(args, n)}
         overrides = {n: v if isinstance(v, int) else tuple(v) for n, v in overrides.items()}
         cfg = config_for(args.device, args.quick, **overrides)

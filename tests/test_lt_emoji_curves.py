@@ -212,7 +212,10 @@ def test_tools_reuse_their_heads_baseline_lr_in_finetune_top():
 
 def test_each_regime_has_its_grid_and_epochs():
     cfg = EmojiConfig()
-    assert lr_grid(cfg, "finetune-top", "CPRFL-ASL") == cfg.top_lrs
+    assert lr_grid(cfg, "finetune-top", "linear-ASL") == cfg.top_lrs
+    assert lr_grid(cfg, "finetune-top", "CPRFL-ASL") == cfg.top_cprfl_lrs != cfg.top_lrs
+    assert lr_grid(replace(cfg, top_cprfl_lrs=None), "finetune-top", "CPRFL-DB") == cfg.top_lrs
+    assert lr_grid({"top_lrs": [1e-3]}, "finetune-top", "CPRFL-ASL") == (1e-3,)  # older files
     assert lr_grid(cfg, "finetune", "CPRFL-ASL") == cfg.finetune_lrs
     assert [epochs_of(cfg, r) for r in ("frozen", "finetune-top", "finetune")] == [
         cfg.frozen_epochs, cfg.top_epochs, cfg.finetune_epochs

@@ -46,8 +46,9 @@ def _val_tail(run: dict[str, Any]) -> float:
 
 
 def _point(run: dict[str, Any]) -> str:
-    weight = run.get("anchor_weight")
-    return f"{run['lr']:g}" + (f", w {weight:g}" if weight is not None else "")
+    weight, top = run.get("anchor_weight"), run.get("backbone_lr")
+    text = f"{run['lr']:g}" + (f", w {weight:g}" if weight is not None else "")
+    return text + (f", backbone {top:g}" if top is not None and top != run["lr"] else "")
 
 
 def method_table(rows: Rows) -> list[str]:

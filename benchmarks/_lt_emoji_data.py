@@ -54,6 +54,7 @@ class EmojiConfig:
     top_cprfl_lrs: tuple[float, ...] | None = (3e-4, 1e-3, 3e-3)  # CPRFL's, if not top_lrs
     reuse_base_lr: tuple[str, ...] = ("finetune-top",)  # regimes whose tools reuse the base lr
     backbone_lr_ratio: float = 0.1
+    top_backbone_lr: float | None = None  # finetune-top: the top stage's lr for every head
     weight_decay: float = 1e-4
     test_seed: int = 1234
     device: str = "cpu"
@@ -64,6 +65,15 @@ class EmojiConfig:
 CUDA = {"canvas_size": 224, "batch_size": 64, "finetune_epochs": 12, "head": dict(PAPER_HEAD)}
 QUICK = {"seeds": (0,), "frozen_epochs": 4, "finetune_epochs": 1, "frozen_lrs": (1e-3,)}
 QUICK.update(top_epochs=2, top_lrs=(1e-3,), top_cprfl_lrs=None)
+
+
+def backbone_lr_ratio(cfg: EmojiConfig, regime: str, lr: float) -> float:
+    """The backbone's lr over the head's: ``top_backbone_lr / lr`` in ``finetune-top`` when
+    ``top_backbone_lr`` is set (the same trained-top lr whatever the head's), else the config's
+    ``backbone_lr_ratio``."""
+    if regime == "finetune-top" and cfg.top_backbone_lr is not None:
+        return cfg.top_backbone_lr / lr
+    return cfg.backbone_lr_ratio
 
 
 def lr_grid(cfg: EmojiConfig | dict[str, Any], regime: str, method: str) -> tuple[float, ...]:

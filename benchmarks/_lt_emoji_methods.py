@@ -22,7 +22,7 @@ from _heads import (
     make_cprfl,
 )
 from _lt_diagnostics import cprfl_model, logit_diagnostics, prompt_diagnostics
-from _lt_emoji_data import BACKBONE, EmojiConfig
+from _lt_emoji_data import BACKBONE, EmojiConfig, backbone_lr_ratio
 from _lt_emoji_tools import AnchoredLoss, make_sampler, make_task_loss, spec_of
 from _lt_thresholded import thresholded_scores
 from torch import nn
@@ -97,8 +97,10 @@ def train(
     seed: int,
     sampler=None,
     on_epoch=None,
+    regime: str = "frozen",
 ) -> None:
-    """AdamW + one-cycle schedule, the same for every method; backbone at a lower lr.
+    """AdamW + one-cycle schedule, the same for every method; backbone at a lower lr
+    (:func:`_lt_emoji_data.backbone_lr_ratio` of ``regime``).
 
     No weight decay on biases and norm weights (1-d parameters); an optional sampler gives each
     epoch's index list; see ``_lt_train.train``.
@@ -113,7 +115,7 @@ def train(
         batch_size=cfg.batch_size,
         weight_decay=cfg.weight_decay,
         seed=seed,
-        backbone_lr_ratio=cfg.backbone_lr_ratio,
+        backbone_lr_ratio=backbone_lr_ratio(cfg, regime, lr),
         device=cfg.device,
         sampler=sampler,
         on_epoch=on_epoch,
@@ -245,8 +247,11 @@ def run_one(
         seed=seed,
         sampler=make_sampler(spec, ys[0], seed),
         on_epoch=on_epoch,
+        regime=regime,
     )
     run = {"regime": regime, "method": method, "seed": seed, "lr": lr, "epochs": epochs}
+    if regime != "frozen":
+        run["backbone_lr"] = lr * backbone_lr_ratio(cfg, regime, lr)
     if spec.anchor:
         run["anchor_weight"] = anchor_weight
     run["train_s"] = round(time.perf_counter() - t, 1)

@@ -257,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--top-cprfl-lrs", type=float, nargs="+", help="CPRFL's finetune-top grid")
     parser.add_argument("--top-epochs", type=int, help="finetune-top epochs")
     parser.add_argument("--top-start", type=int, help="finetune-top: first trained block stage")
+    parser.add_argument("--top-backbone-lr", type=float, help="finetune-top: top's lr, any head")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (224 px, paper head)")
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 lr, few epochs")
     parser.add_argument("--threads", type=int, help="torch threads (default 1)")
@@ -271,8 +272,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         names = ("seeds", "threads", "frozen_lrs", "finetune_lrs", "frozen_cprfl_lrs")
         names += ("anchor_weights", "top_lrs", "top_cprfl_lrs", "top_epochs", "top_start")
+        names += ("top_backbone_lr",)
         overrides = {n: getattr(args, n) for n in names if getattr(args, n)}
-        overrides = {n: v if isinstance(v, int) else tuple(v) for n, v in overrides.items()}
+        overrides = {n: tuple(v) if isinstance(v, list) else v for n, v in overrides.items()}
         cfg = config_for(args.device, args.quick, **overrides)
         regimes = REGIMES if args.regime == "all" else (args.regime,)
         try:

@@ -139,8 +139,8 @@ def test_quickstart_fast_offline(tmp_path, capsys, monkeypatch):
 
 def test_quickstart_emoji_trains_the_recommended_cprfl_beside_the_best_linear(capsys, monkeypatch):
     # The emoji demo's training step on tiny tokens: the best linear configuration of the
-    # benchmark (weight-normalised linear head) and the recommended CPRFL one (repeat-factor
-    # sampling), each with the benchmark's own loss and sampler.
+    # benchmark and the recommended CPRFL one (both with repeat-factor sampling and a normalised
+    # classifier), each with the benchmark's own loss and sampler.
     from types import SimpleNamespace
 
     quickstart = load_example("quickstart")
@@ -181,10 +181,11 @@ def test_quickstart_emoji_trains_the_recommended_cprfl_beside_the_best_linear(ca
     results, modules = quickstart.train_emoji_heads(SimpleNamespace(epochs=1, seed=0), lt, ctx)
     assert set(results) == {"linear head", "CPRFL"}
     assert isinstance(modules["linear head"], _heads.PooledCosineLinear)
-    assert samplers["PooledCosineLinear"] is None
+    assert isinstance(samplers["PooledCosineLinear"], RepeatFactorSampler)
     assert isinstance(samplers["CPRFLOnTokens"], RepeatFactorSampler)
+    assert modules["CPRFL"].model.cosine_classifier
     out = capsys.readouterr().out
-    assert "(linear-ASL-cosine)" in out and "(CPRFL-ASL-RFS)" in out
+    assert "(linear-ASL-RFS-cosine)" in out and "(CPRFL-ASL-RFS-cosine)" in out
 
 
 @pytest.mark.parametrize("packages_installed", [False, True])

@@ -48,7 +48,7 @@ def _val_tail(run: dict[str, Any]) -> float:
 def _point(run: dict[str, Any]) -> str:
     weight, top = run.get("anchor_weight"), run.get("backbone_lr")
     text = f"{run['lr']:g}" + (f", w {weight:g}" if weight is not None else "")
-    return text + (f", backbone {top:g}" if top is not None and top != run["lr"] else "")
+    return text + (f", backbone {top:g}" if top is not None else "")
 
 
 def method_table(rows: Rows) -> list[str]:

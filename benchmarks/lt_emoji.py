@@ -13,7 +13,8 @@ to end; 5 epochs on the CPU, 12 at 224 px with the paper's head sizes under ``--
 Methods are ``<head>-<loss>[-<option>...]`` (``_lt_emoji_tools.py``): linear and CPRFL heads,
 each with every long-tail tool of the library. Each method's learning rate is chosen on
 validation (seed 0) and reused for the other seeds (in ``finetune-top`` the tools reuse their
-head's ASL baseline's); every run records per-epoch training and validation curves; the
+head's ASL baseline's, and ``--top-backbone-lr`` trains the top at one lr for every head
+instead of at 1/10 of the head's); every run records per-epoch training and validation curves; the
 held-out classes are scored after ``set_classes``. The full protocol and the results are in
 ``docs/src/benchmark_accuracy.md``.
 

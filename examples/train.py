@@ -303,6 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--mlp-dim", type=positive_int, default=2048, help="VSI FFN hidden width")
     model.add_argument("--drop", type=fraction, default=0.1, help="VSI dropout")
     model.add_argument(
+        "--cosine-classifier",
+        action="store_true",
+        help="score classes by cos(p'_i, p_i) times a learned scale plus a learned bias "
+        "(create_cprfl(..., cosine_classifier=True)); the benchmark's recommended head for "
+        "long-tailed lists, with --sampler repeat-factor",
+    )
+    model.add_argument(
         "--text-encoder",
         default="RN50-quickgelu",
         help="open_clip model for the class embeddings (name, hf-hub: or local-dir:), or "
@@ -997,6 +1004,8 @@ def model_kwargs(args: argparse.Namespace, emb: Any, cfg: Any) -> dict[str, Any]
         "mlp_hidden_dim": args.mlp_dim,
         "drop_rate": args.drop,
     }
+    if args.cosine_classifier:
+        kwargs["cosine_classifier"] = True
     if args.trainable_text_encoder:
         kwargs.update(trainable_text_encoder=True, text_encoder=args.text_encoder)
         if args.text_pretrained is not None:

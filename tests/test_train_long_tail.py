@@ -60,6 +60,18 @@ def num_steps(ckpt: dict) -> int:
     return {int(s["step"]) for s in ckpt["optimizer"]["state"].values()}.pop()
 
 
+# ------------------------------------------------------------ recommended head
+def test_cosine_classifier_flag_trains_the_recommended_configuration(train_script, tmp_path):
+    # The accuracy page's default for long-tailed lists: the cosine classifier with ASL and
+    # repeat-factor sampling; the saved model scores with it, a plain run does not.
+    flags = ("--cosine-classifier", "--sampler", "repeat-factor", "--repeat-threshold", "0.5")
+    ckpt = run(train_script, tmp_path / "cos", *flags)
+    assert any(k.endswith("logit_scale") for k in ckpt["model"]), sorted(ckpt["model"])[:5]
+    assert CPRFL.from_pretrained(tmp_path / "cos" / "model").cosine_classifier
+    args = train_script.parse_args([*LT_TRAIN, "--output", str(tmp_path / "plain")])
+    assert "cosine_classifier" not in train_script.model_kwargs(args, None, None)
+
+
 # ---------------------------------------------------------------------- losses
 @pytest.mark.parametrize(
     ("flags", "cls"),

@@ -23,7 +23,7 @@ import _lt_emoji_report
 import _lt_train
 from _heads import CPRFLOnTokens, PooledLinear, TopOnFeatures, bottom_features
 from _lt_diagnostics import cprfl_model
-from _lt_emoji_data import EmojiConfig, epochs_of, lr_grid
+from _lt_emoji_data import EmojiConfig, backbone_lr_ratio, epochs_of, lr_grid
 from conftest import TINY_HEAD
 
 from cprfl_zoo.backbone import backbone_tokens, create_backbone
@@ -221,3 +221,31 @@ def test_each_regime_has_its_grid_and_epochs():
         cfg.frozen_epochs, cfg.top_epochs, cfg.finetune_epochs
     ]  # fmt: skip
     assert epochs_of({"top_epochs": 7}, "finetune-top") == 7
+
+
+def test_top_backbone_lr_trains_the_top_at_one_lr_whatever_the_heads():
+    # --top-backbone-lr: the optimiser's backbone group runs at that lr in finetune-top only.
+    shared = replace(EmojiConfig(), top_backbone_lr=3e-3)
+    assert backbone_lr_ratio(shared, "finetune-top", 1e-3) == pytest.approx(3.0)
+    assert backbone_lr_ratio(shared, "finetune-top", 3e-2) == pytest.approx(0.1)
+    assert backbone_lr_ratio(shared, "finetune", 1e-3) == shared.backbone_lr_ratio == 0.1
+    assert backbone_lr_ratio(EmojiConfig(), "finetune-top", 1e-3) == 0.1
+    module = nn.Sequential()
+    module.add_module("backbone", nn.Linear(3, 3))
+    module.add_module("head", nn.Linear(3, 2))
+    seen = {}
+    real = torch.optim.AdamW
+
+    def adamw(groups, lr):
+        seen.update({id(p): g["lr"] for g in groups for p in g["params"]})
+        return real(groups, lr=lr)
+
+    x, y = torch.randn(8, 3), (torch.rand(8, 2) > 0.5).float()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.optim, "AdamW", adamw)
+        _lt_emoji_methods.train(
+            module, lambda i, tr: x[i], y, nn.BCEWithLogitsLoss(), lr=1e-3, epochs=1,
+            cfg=replace(shared, batch_size=4), seed=0, regime="finetune-top",
+        )  # fmt: skip
+    assert seen[id(module.backbone.weight)] == pytest.approx(3e-3)
+    assert seen[id(module.head.weight)] == pytest.approx(1e-3)

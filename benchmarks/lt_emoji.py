@@ -76,6 +76,7 @@ from _lt_emoji_report import (
 from _lt_emoji_tools import SPECS, anchor_base, make_sampler, make_task_loss, spec_of
 from _lt_train import imagenet_backbone, logger, to_input
 
+from cprfl_zoo.cli_args import positive_float
 from cprfl_zoo.fileio import atomic_write_text
 
 # Re-exported: examples/quickstart.py and the tests use them as lt_emoji.<name>.
@@ -258,7 +259,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--top-cprfl-lrs", type=float, nargs="+", help="CPRFL's finetune-top grid")
     parser.add_argument("--top-epochs", type=int, help="finetune-top epochs")
     parser.add_argument("--top-start", type=int, help="finetune-top: first trained block stage")
-    parser.add_argument("--top-backbone-lr", type=float, help="finetune-top: top's lr, any head")
+    parser.add_argument(
+        "--top-backbone-lr", type=positive_float, help="finetune-top: top's lr, any head"
+    )
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (224 px, paper head)")
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 lr, few epochs")
     parser.add_argument("--threads", type=int, help="torch threads (default 1)")

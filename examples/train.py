@@ -111,6 +111,7 @@ RESUME_FIXED_ARGS = (
     "num_heads",
     "head_dim",
     "mlp_dim",
+    "cosine_classifier",
     "epochs",
     "lr",
     "backbone_lr_scale",
@@ -132,6 +133,7 @@ RESUME_FIXED_ARGS = (
 )
 # What a checkpoint written before these arguments existed was trained with.
 RESUME_DEFAULTS = {
+    "cosine_classifier": False,
     "opt": "adamw",
     "sched": "onecycle",
     "loss": "asl",
@@ -571,6 +573,11 @@ def _check_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
         close = timm.list_models(f"*{arch[:6]}*")[:5]
         hint = f"; similar names: {', '.join(close)}" if close else ""
         parser.error(f"argument --model: {args.model!r} is not a timm model name{hint}")
+    if args.cosine_classifier and args.model.startswith(SAVED_PREFIXES):
+        parser.error(
+            f"argument --cosine-classifier: the saved --model {args.model} keeps its own "
+            "classifier; build a new head from a timm model name to choose it"
+        )
     if args.text_embeddings is not None:
         _require_file(parser, "--text-embeddings", args.text_embeddings)
         if args.trainable_text_encoder:

@@ -138,6 +138,17 @@ def test_benchmark_command_fails_with_the_npm_command_when_data_is_missing(tmp_p
     assert "npm pack emoji-datasource-google@16.0.0" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"), [("0", "a number > 0"), ("-0.003", "a number > 0"), ("nan", "finite")]
+)
+def test_top_backbone_lr_must_be_a_positive_number(tmp_path, capsys, value, expected):
+    # 0 would otherwise fall back to 1/10 of the head's lr without a word
+    with pytest.raises(SystemExit):
+        lt_emoji.main(["--top-backbone-lr", value, "--output", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert "--top-backbone-lr" in err and expected in err and repr(value) in err
+
+
 def test_default_data_dir_is_under_the_cache_root(monkeypatch, tmp_path):
     monkeypatch.setenv("CPRFL_ZOO_CACHE", str(tmp_path))
     assert _emoji.default_data_dir() == tmp_path / "datasets" / "emoji"

@@ -61,7 +61,9 @@ def num_steps(ckpt: dict) -> int:
 
 
 # ------------------------------------------------------------ recommended head
-def test_cosine_classifier_flag_trains_the_recommended_configuration(train_script, tmp_path):
+def test_cosine_classifier_flag_trains_the_recommended_configuration(
+    train_script, tmp_path, capsys
+):
     # The accuracy page's default for long-tailed lists: the cosine classifier with ASL and
     # repeat-factor sampling; the saved model scores with it, a plain run does not.
     flags = ("--cosine-classifier", "--sampler", "repeat-factor", "--repeat-threshold", "0.5")
@@ -70,6 +72,15 @@ def test_cosine_classifier_flag_trains_the_recommended_configuration(train_scrip
     assert CPRFL.from_pretrained(tmp_path / "cos" / "model").cosine_classifier
     args = train_script.parse_args([*LT_TRAIN, "--output", str(tmp_path / "plain")])
     assert "cosine_classifier" not in train_script.model_kwargs(args, None, None)
+    # a resumed run keeps it; a saved --model keeps its own classifier
+    cos_argv = [*LT_TRAIN, "--epochs", "1", "--output", str(tmp_path / "cos"), *flags[1:]]
+    resume = ["--resume", str(tmp_path / "cos" / "checkpoint-last.pth")]
+    with pytest.raises(SystemExit, match=r"--cosine-classifier is False but .* trained with True"):
+        train_script.main([*cos_argv, *resume])
+    saved = ["--model", f"local-dir:{tmp_path / 'cos' / 'model'}", "--cosine-classifier"]
+    with pytest.raises(SystemExit):
+        train_script.parse_args([*LT_TRAIN, "--output", str(tmp_path / "re"), *saved])
+    assert "--cosine-classifier: the saved --model" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------- losses
